@@ -1,0 +1,49 @@
+"""create_app(): the API (FastAPI) behind the gateway, on one port."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from sbx import __version__
+from sbx.api import errors
+from sbx.api.routes import v1_sandbox
+from sbx.config import Settings
+from sbx.gateway.proxy import Gateway
+from sbx.platform import Platform
+
+
+def create_app(settings: Settings, progress: Callable[[str], None] | None = None,
+               on_ready: Callable[[Platform], None] | None = None) -> Any:
+    platform = Platform(settings, progress)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await platform.start()
+        if on_ready is not None:
+            on_ready(platform)
+        try:
+            yield
+        finally:
+            await gateway.aclose()
+            await platform.stop()
+
+    app = FastAPI(title="sbx", version=__version__, lifespan=lifespan)
+    app.state.platform = platform
+    errors.install(app)
+
+    @app.get("/health", tags=["health"])
+    async def health(request: Request) -> JSONResponse:
+        if platform.ready.is_set():
+            return JSONResponse({"status": "ok", "version": __version__})
+        status = "failed" if platform.failure else "starting"
+        return JSONResponse({"code": 503, "message": platform.failure or "starting",
+                             "status": status}, status_code=503)
+
+    app.include_router(v1_sandbox.router)
+    gateway = Gateway(app, platform.sandboxes)
+    return gateway

@@ -1,0 +1,22 @@
+"""Entry point of the `sbx` command."""
+
+from __future__ import annotations
+
+import click
+
+from sbx import __version__
+from sbx.cli.server import admin, server
+
+
+@click.group()
+@click.version_option(__version__, prog_name="sbx")
+def cli() -> None:
+    """sbx: self-hosted sandboxes for untrusted code."""
+
+
+cli.add_command(server)
+cli.add_command(admin)
+
+
+def main() -> None:
+    cli()

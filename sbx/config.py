@@ -1,0 +1,73 @@
+"""Server settings: one object, read from arguments, then ``SBX_*`` variables."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SBX_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 3000
+    data_dir: Path = Path("/var/lib/sbx")
+    # Public base URL clients use for the API and the gateway (same port).
+    public_url: str | None = None
+    # Address pool for sandboxes: one /30 per sandbox (host side .1, sandbox .2).
+    # Two servers on one host need distinct pools.
+    subnet: str = "10.231.0.0/16"
+    runsc: str = "runsc"
+    # systrap is gVisor's default; ptrace spawns shells much faster on nested VMs.
+    platform: str = "systrap"
+    envd_port: int = 49983
+    envd_ready_timeout_s: float = 30.0
+    default_disk_mib: int = 2048
+    max_sandboxes_default: int = 3
+    reconcile_interval_s: float = 30.0
+    timeout_check_interval_s: float = 1.0
+    # Memory given to gVisor on the host beyond memory_mib: the sentry, the
+    # gofer and the reaction time of the in-sandbox memory guard.
+    memory_headroom_mib: int = 256
+    database_url: str | None = Field(default=None)
+    # Where template root filesystems live (default DATA_DIR/templates); tests
+    # point several data dirs at one cache to build `base` once.
+    templates_path: Path | None = None
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, v: str) -> str:
+        net = ipaddress.ip_network(v, strict=True)
+        if net.version != 4 or net.prefixlen > 28:
+            raise ValueError("subnet must be an IPv4 network of /28 or larger")
+        return str(net)
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'sbx.db'}"
+
+    @property
+    def node_tag(self) -> str:
+        """Three characters that name this server's host resources (netns,
+        veth, nft table, runsc root), so two data dirs never touch each
+        other's sandboxes."""
+        digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).digest()
+        alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+        return "".join(alphabet[b % 36] for b in digest[:3])
+
+    @property
+    def run_dir(self) -> Path:
+        # Under /run (tmpfs): runsc state that must not outlive a host reboot.
+        return Path("/run/sbx") / self.node_tag
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.templates_path or self.data_dir / "templates"
+
+    @property
+    def sandboxes_dir(self) -> Path:
+        return self.data_dir / "sandboxes"

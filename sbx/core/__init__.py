@@ -1,0 +1,2 @@
+"""The domain: sandbox lifecycle, validation rules, errors and the service
+that ties the store to the node agent."""

@@ -1,0 +1,216 @@
+"""The sandbox service: the rules of creating, reading, timing out and
+deleting sandboxes, over the store and the node agent. Every API surface
+calls this one service, so a sandbox made on one surface reads the same on
+the others."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sbx.config import Settings
+from sbx.core import ids
+from sbx.core.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable
+from sbx.core.lifecycle import LIVE, SandboxState
+from sbx.core.policy import NetworkPolicy, default_policy
+from sbx.node.agent import NodeAgent, SandboxPlan, StartFailed
+from sbx.store import repo
+from sbx.store.db import Database
+from sbx.store.models import Sandbox, Template
+
+log = logging.getLogger(__name__)
+S = SandboxState
+
+
+@dataclass
+class CreateSpec:
+    template: str
+    vcpu: int | None = None
+    memory_mib: int | None = None
+    timeout_s: int | None = 300
+    auto_pause: bool = False
+    network_policy: NetworkPolicy = field(default_factory=default_policy)
+    env_vars: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    # Which request field names the template, for the error of an unknown one.
+    template_field: str = "template_name"
+
+
+class SandboxService:
+    def __init__(self, db: Database, agent: NodeAgent, settings: Settings) -> None:
+        self.db = db
+        self.agent = agent
+        self.settings = settings
+        self._org_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._sandbox_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._slot_lock = asyncio.Lock()
+        # Creates in flight: the reconciler must not take their resources.
+        self._starting: set[str] = set()
+
+    # -- create ----------------------------------------------------------------
+    async def create(self, org_id: str, spec: CreateSpec) -> Sandbox:
+        async with self.db.session() as s:
+            tpl = await repo.template_by_name(s, spec.template, org_id)
+        if tpl is None or tpl.status != "ready":
+            raise InvalidRequest(
+                [FieldError(spec.template_field, f"unknown template {spec.template!r}")]
+            )
+        sandbox_id = ids.sandbox_id()
+        self._starting.add(sandbox_id)
+        try:
+            return await self._create(org_id, sandbox_id, tpl, spec)
+        finally:
+            self._starting.discard(sandbox_id)
+
+    async def _create(
+        self, org_id: str, sandbox_id: str, tpl: Template, spec: CreateSpec
+    ) -> Sandbox:
+        # The count and the insert happen under one lock per organisation,
+        # so concurrent creates never pass the limit together.
+        async with self._org_locks[org_id], self._slot_lock, self.db.transaction() as s:
+            org = await repo.org_by_id(s, org_id)
+            assert org is not None
+            live = await repo.count_in_states(s, org_id, LIVE)
+            if live >= org.max_sandboxes:
+                raise Conflict(
+                    f"Sandbox limit reached: the organization already has {live} "
+                    f"sandboxes (maximum {org.max_sandboxes})"
+                )
+            slot = self.agent.pool.first_free(await repo.used_slots(s, LIVE))
+            created = repo.now()
+            row = Sandbox(
+                id=sandbox_id, org_id=org_id, template_id=tpl.id, state=S.STARTING,
+                vcpu=spec.vcpu or tpl.vcpu, memory_mib=spec.memory_mib or tpl.memory_mib,
+                disk_mib=tpl.disk_mib, auto_pause=spec.auto_pause, timeout_s=spec.timeout_s,
+                timeout_at=None, network_policy=spec.network_policy.model_dump(mode="json"),
+                env_vars=dict(spec.env_vars), extra=dict(spec.extra),
+                envd_token=ids.token(), proxy_token=ids.token("spt_"), ip_slot=slot,
+                created_at=created,
+            )
+            s.add(row)
+            repo.add_event(s, sandbox_id, None, S.STARTING)
+        plan = SandboxPlan(
+            id=sandbox_id, rootfs=Path(tpl.rootfs), slot=slot, vcpu=row.vcpu,
+            memory_mib=row.memory_mib, disk_mib=row.disk_mib, env=row.env_vars,
+            envd_token=row.envd_token,
+        )
+        try:
+            await asyncio.shield(self.agent.start(plan))
+        except (StartFailed, asyncio.CancelledError) as exc:
+            # A failed create changes nothing: the row goes with the resources.
+            await self._forget(sandbox_id)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise Unavailable(f"The sandbox failed to start: {exc}") from exc
+        async with self.db.transaction() as s:
+            await repo.set_state(s, sandbox_id, S.STARTING, S.RUNNING)
+            fresh = await repo.sandbox(s, sandbox_id)
+            assert fresh is not None
+            if fresh.timeout_s:
+                fresh.timeout_at = repo.now() + timedelta(seconds=fresh.timeout_s)
+        return fresh
+
+    async def _forget(self, sandbox_id: str) -> None:
+        async with self.db.transaction() as s:
+            row = await repo.sandbox(s, sandbox_id)
+            if row is not None:
+                await s.delete(row)
+            repo.add_event(s, sandbox_id, S.STARTING, S.DELETED, "failed to start")
+
+    # -- read ------------------------------------------------------------------
+    async def get(self, org_id: str | None, sandbox_id: str) -> Sandbox:
+        async with self.db.session() as s:
+            row = await repo.sandbox(s, sandbox_id)
+        if row is None or (org_id is not None and row.org_id != org_id):
+            raise NotFound(f"Sandbox {sandbox_id} not found")
+        return row
+
+    async def list(
+        self, org_id: str, states: Sequence[str] | None = None
+    ) -> Sequence[Sandbox]:
+        async with self.db.session() as s:
+            return await repo.sandboxes(s, org_id, states)
+
+    def address(self, row: Sandbox) -> str:
+        assert row.ip_slot is not None
+        return self.agent.addressing(row.ip_slot).sandbox_ip
+
+    # -- change ----------------------------------------------------------------
+    async def set_timeout(self, org_id: str | None, sandbox_id: str, seconds: int) -> Sandbox:
+        async with self._sandbox_locks[sandbox_id]:
+            row = await self.get(org_id, sandbox_id)
+            if row.state not in LIVE or row.state == S.DELETING:
+                raise Conflict(f"Sandbox {sandbox_id} is {row.state}")
+            async with self.db.transaction() as s:
+                fresh = await repo.sandbox(s, sandbox_id)
+                assert fresh is not None
+                fresh.timeout_s = seconds or None
+                running = fresh.state in (S.RUNNING, S.STARTING)
+                fresh.timeout_at = (
+                    repo.now() + timedelta(seconds=seconds) if seconds and running else None
+                )
+                repo.add_event(s, sandbox_id, fresh.state, fresh.state, f"timeout={seconds}s")
+            return fresh
+
+    async def delete(
+        self, org_id: str | None, sandbox_id: str, final: SandboxState = S.DELETED,
+        reason: str | None = None,
+    ) -> Sandbox:
+        async with self._sandbox_locks[sandbox_id]:
+            row = await self.get(org_id, sandbox_id)
+            if row.state in (S.DELETED, S.KILLED):
+                return row
+            if row.state == S.STARTING:
+                raise Conflict(f"Sandbox {sandbox_id} is still starting")
+            if row.state != S.DELETING:
+                async with self.db.transaction() as s:
+                    if not await repo.set_state(s, sandbox_id, row.state, S.DELETING, reason):
+                        raise Conflict(f"Sandbox {sandbox_id} changed state; retry")
+            await asyncio.shield(self.agent.stop(sandbox_id))
+            async with self.db.transaction() as s:
+                await repo.set_state(s, sandbox_id, S.DELETING, final, reason)
+                fresh = await repo.sandbox(s, sandbox_id)
+            assert fresh is not None
+            self._sandbox_locks.pop(sandbox_id, None)
+            return fresh
+
+    # -- background duties -------------------------------------------------------
+    async def expire_due(self) -> None:
+        """Kill (or, later, pause) every sandbox whose timeout has passed."""
+        async with self.db.session() as s:
+            due = await repo.due_for_timeout(s, repo.now(), [S.RUNNING])
+        for sandbox_id in due:
+            row = await self.get(None, sandbox_id)
+            final = S.KILLED if row.extra.get("surface") == "sandboxes" else S.DELETED
+            try:
+                await self.delete(None, sandbox_id, final, "timeout")
+            except Exception:
+                log.exception("timeout of %s failed", sandbox_id)
+
+    async def reconcile(self) -> None:
+        """Make the host and the store agree: resources of no live sandbox
+        are removed; a live sandbox whose runtime is gone is marked."""
+        async with self.db.session() as s:
+            rows = await repo.sandboxes(s, None, LIVE)
+        in_flight = set(self._starting)
+        keep = {r.id for r in rows if r.state != S.STARTING} | in_flight
+        # A sandbox left starting by a dead server never got its 201.
+        for r in rows:
+            if r.state == S.STARTING and r.id not in in_flight:
+                await self.agent.stop(r.id)
+                await self._forget(r.id)
+        dead = await self.agent.reconcile(keep) - in_flight
+        for r in rows:
+            if r.id in dead and r.state in (S.RUNNING, S.DELETING):
+                log.warning("sandbox %s is gone from the host; marking it", r.id)
+                final = S.KILLED if r.extra.get("surface") == "sandboxes" else S.DELETED
+                try:
+                    await self.delete(None, r.id, final, "lost: runtime not running")
+                except Exception:
+                    log.exception("marking %s failed", r.id)

@@ -1,0 +1,156 @@
+"""Request routing, authentication and the small plain-HTTP endpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import time
+from typing import Any
+
+from . import users
+from .auth import basic_username, token_ok
+from .connect import Code, ConnectError, ConnectRouter, send_error
+from .files import FilesApi
+from .filesystem_service import FilesystemService
+from .httpd import Request, Response
+from .process_service import ProcessService
+from .reaper import Reaper
+from .state import EnvdState
+
+NO_STORE = [("Cache-Control", "no-store")]
+UNAUTHORIZED = "unauthorized access, please provide a valid access token"
+
+
+class App:
+    def __init__(self, state: EnvdState, reaper: Reaper, force_polling: bool = False) -> None:
+        self.state = state
+        self.router = ConnectRouter()
+        self.processes = ProcessService(state, reaper)
+        self.processes.register(self.router)
+        self.filesystem = FilesystemService(state, force_polling)
+        self.filesystem.register(self.router)
+        self.files = FilesApi(state)
+        self._cpu_sample: tuple[float, float] | None = None
+
+    def close(self) -> None:
+        self.filesystem.close()
+
+    async def __call__(self, req: Request, resp: Response) -> None:
+        path = req.path
+        if path == "/health":
+            await resp.send(204, headers=NO_STORE)
+        elif path == "/files":
+            # Authenticated there: a signed URL may stand in for the token.
+            await self.files.handle(req, resp)
+        elif path == "/init":
+            await self._init(req, resp)
+        elif self.router.handles(path):
+            if not token_ok(self.state, req):
+                await send_error(resp, ConnectError(Code.UNAUTHENTICATED, UNAUTHORIZED))
+                return
+            await self.router.handle(req, resp, basic_username(req))
+        elif not token_ok(self.state, req):
+            await resp.send_json(401, {"code": 401, "message": UNAUTHORIZED})
+        elif path == "/envs" and req.method == "GET":
+            await resp.send_json(200, self.state.env_vars, NO_STORE)
+        elif path == "/metrics" and req.method == "GET":
+            await resp.send_json(200, self._metrics(), NO_STORE)
+        else:
+            await resp.send_json(404, {"code": 404, "message": f"no route for {path}"})
+
+    async def _init(self, req: Request, resp: Response) -> None:
+        if req.method != "POST":
+            await resp.send(405, headers=[("Allow", "POST")])
+            return
+        # Once a token is set only its holder may re-initialise (e.g. rotate it
+        # when a sandbox is restored from a shared snapshot).
+        if not token_ok(self.state, req):
+            await resp.send_json(401, {"code": 401, "message": UNAUTHORIZED})
+            return
+        raw = await req.body.read_all(1024 * 1024)
+        try:
+            body: Any = json.loads(raw) if raw.strip() else {}
+        except ValueError as e:
+            await resp.send_json(400, {"code": 400, "message": f"invalid JSON: {e}"})
+            return
+        error = self._apply_init(body)
+        if error:
+            await resp.send_json(400, {"code": 400, "message": error})
+            return
+        await resp.send(204, headers=NO_STORE)
+
+    def _apply_init(self, body: Any) -> str | None:
+        """Validate everything first, then apply, so a bad request changes nothing."""
+        if not isinstance(body, dict):
+            return "body must be a JSON object"
+        token = body.get("accessToken")
+        env_vars = body.get("envVars")
+        default_user = body.get("defaultUser")
+        workdir = body.get("defaultWorkdir")
+        hostname = body.get("hostname")
+        for name, value in (
+            ("accessToken", token),
+            ("defaultUser", default_user),
+            ("defaultWorkdir", workdir),
+            ("hostname", hostname),
+        ):
+            if value is not None and not isinstance(value, str):
+                return f"{name} must be a string"
+        if env_vars is not None and (
+            not isinstance(env_vars, dict) or not all(isinstance(v, str) for v in env_vars.values())
+        ):
+            return "envVars must be an object of strings"
+        if token == "":
+            return "accessToken must not be empty"
+        if default_user:
+            try:
+                users.lookup(default_user)
+            except users.UnknownUser:
+                return f"unknown user '{default_user}'"
+        if token is not None:
+            self.state.access_token = token
+        if env_vars:
+            self.state.env_vars.update(env_vars)
+        if default_user is not None:
+            self.state.default_user = default_user or None
+        if workdir is not None:
+            self.state.default_workdir = workdir or None
+        if hostname:
+            # Best effort: needs CAP_SYS_ADMIN in a UTS namespace of our own.
+            with contextlib.suppress(OSError):
+                socket.sethostname(hostname)
+        return None
+
+    def _metrics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ts": int(time.time()), "cpu_count": os.cpu_count() or 1}
+        with contextlib.suppress(OSError, ValueError):
+            mem: dict[str, int] = {}
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    key, _, rest = line.partition(":")
+                    mem[key] = int(rest.split()[0]) * 1024
+            total = mem["MemTotal"]
+            used = total - mem.get("MemAvailable", mem.get("MemFree", 0))
+            out.update(
+                mem_total=total,
+                mem_used=used,
+                mem_total_mib=total >> 20,
+                mem_used_mib=used >> 20,
+            )
+        with contextlib.suppress(OSError):
+            disk = shutil.disk_usage("/")
+            out.update(disk_total=disk.total, disk_used=disk.used)
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open("/proc/stat") as f:
+                fields = [float(x) for x in f.readline().split()[1:]]
+            idle, total_time = fields[3] + fields[4], sum(fields)
+            if self._cpu_sample is not None:
+                d_total = total_time - self._cpu_sample[1]
+                d_idle = idle - self._cpu_sample[0]
+                if d_total > 0:
+                    out["cpu_used_pct"] = round(100.0 * (1 - d_idle / d_total), 2)
+            self._cpu_sample = (idle, total_time)
+        return out

@@ -1,0 +1,82 @@
+"""Entry point: configuration from argv and the environment, then serve."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+
+from .app import App
+from .httpd import HttpServer
+from .reaper import Reaper
+from .state import TOKEN_ENV, EnvdState, public_env, take_secrets
+
+DEFAULT_PORT = 49983
+log = logging.getLogger("envd")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="envd", description="sbx in-sandbox daemon")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument(
+        "--host", default="0.0.0.0", help="address to listen on (default: all IPv4)"
+    )
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--watch-polling",
+        action="store_true",
+        help="watch directories by polling instead of inotify",
+    )
+    return parser.parse_args(argv)
+
+
+def ensure_std_fds() -> None:
+    """As PID 1 envd may start with 0/1/2 closed; a pipe landing there would
+    be clobbered when a child's stdio is set up."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
+async def serve(args: argparse.Namespace, token: str | None) -> None:
+    loop = asyncio.get_running_loop()
+    state = EnvdState(access_token=token, base_env=public_env(os.environ))
+    reaper = Reaper()
+    reaper.start()
+    app = App(state, reaper, force_polling=args.watch_polling)
+    server = await HttpServer(app).listen(args.host, args.port)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("envd listening on %s:%d (pid %d)", args.host, args.port, os.getpid())
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        app.processes.kill_all()
+        app.close()
+        reaper.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 1.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    # Before anything else can copy the environment (children, logging config).
+    secrets = take_secrets(os.environ)
+    token = secrets.get(TOKEN_ENV) or None
+    args = parse_args(argv)
+    ensure_std_fds()
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args, token))

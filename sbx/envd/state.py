@@ -1,0 +1,42 @@
+"""Mutable daemon-wide settings, changed at start and by ``POST /init``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+SECRET_PREFIX = "SBX_ENVD_"
+TOKEN_ENV = "SBX_ENVD_ACCESS_TOKEN"
+
+
+@dataclass
+class EnvdState:
+    access_token: str | None = None
+    # Environment every spawned process starts from: envd's own, minus secrets.
+    base_env: dict[str, str] = field(default_factory=dict)
+    # Variables set through /init; they apply to processes started afterwards.
+    env_vars: dict[str, str] = field(default_factory=dict)
+    default_user: str | None = None
+    default_workdir: str | None = None
+
+    def process_env(self) -> dict[str, str]:
+        env = dict(self.base_env)
+        env.update(self.env_vars)
+        return env
+
+
+def take_secrets(environ: os._Environ[str] | dict[str, str]) -> dict[str, str]:
+    """Remove every ``SBX_ENVD_*`` variable from ``environ`` and return them.
+
+    envd's environment is inherited by every process it spawns, so the access
+    token must not stay in it.
+    """
+    secrets = {k: v for k, v in environ.items() if k.startswith(SECRET_PREFIX)}
+    for key in secrets:
+        del environ[key]
+    return secrets
+
+
+def public_env(environ: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if not k.startswith(SECRET_PREFIX)}

@@ -1,0 +1,135 @@
+"""System users: lookup, credentials for children, per-user path resolution."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+    home: str
+    groups: tuple[int, ...]
+
+    @property
+    def is_self(self) -> bool:
+        """Whether envd already runs with this user's ids (no switch needed)."""
+        return self.uid == os.geteuid() and self.gid == os.getegid()
+
+    def env(self) -> dict[str, str]:
+        return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name}
+
+
+class UnknownUser(LookupError):
+    pass
+
+
+def _from_pw(pw: pwd.struct_passwd) -> User:
+    try:
+        groups = tuple(os.getgrouplist(pw.pw_name, pw.pw_gid))
+    except OSError:
+        groups = (pw.pw_gid,)
+    return User(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir or "/", groups)
+
+
+def lookup(name: str) -> User:
+    try:
+        return _from_pw(pwd.getpwnam(name))
+    except KeyError:
+        raise UnknownUser(name) from None
+
+
+def current() -> User:
+    """The user envd runs as (root inside a sandbox)."""
+    uid = os.geteuid()
+    try:
+        return _from_pw(pwd.getpwuid(uid))
+    except KeyError:
+        home = os.environ.get("HOME", "/")
+        return User(str(uid), uid, os.getegid(), home, (os.getegid(),))
+
+
+def resolve(username: str | None, default_user: str | None) -> User:
+    """The user a request acts as: the named one, else the configured default."""
+    name = username or default_user
+    return lookup(name) if name else current()
+
+
+def expand_path(path: str, user: User, default_workdir: str | None = None) -> str:
+    """Absolute, normalised path; ``~`` and relative paths are the user's home.
+
+    An empty path means the default working directory (or the home).
+    """
+    if not path:
+        path = default_workdir or ""
+    if path == "~" or path.startswith("~/"):
+        path = user.home + path[1:]
+    elif path.startswith("~"):
+        raise ValueError(f"cannot expand user-specific home dir in {path!r}")
+    if not os.path.isabs(path):
+        path = os.path.join(user.home, path)
+    return os.path.normpath(path)
+
+
+def can_chown() -> bool:
+    return os.geteuid() == 0
+
+
+def chown(path: str, user: User, *, follow: bool = True) -> None:
+    """Give ``path`` to ``user`` when envd has the right to (it does as root)."""
+    if can_chown() or user.is_self:
+        os.chown(path, user.uid, user.gid, follow_symlinks=follow)
+
+
+def ensure_dirs(path: str, user: User) -> None:
+    """``mkdir -p`` where every directory created belongs to ``user``."""
+    missing: list[str] = []
+    current_path = path
+    while not os.path.isdir(current_path):
+        if os.path.lexists(current_path):
+            raise NotADirectoryError(f"path is a file: {current_path}")
+        missing.append(current_path)
+        parent = os.path.dirname(current_path)
+        if parent == current_path:
+            break
+        current_path = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o755)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
+            continue
+        chown(directory, user)
+
+
+def owner_names() -> tuple[dict[int, str], dict[int, str]]:
+    """Fresh per-request caches for uid/gid -> name lookups."""
+    return {}, {}
+
+
+def user_name(uid: int, cache: dict[int, str]) -> str:
+    name = cache.get(uid)
+    if name is None:
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            name = str(uid)
+        cache[uid] = name
+    return name
+
+
+def group_name(gid: int, cache: dict[int, str]) -> str:
+    name = cache.get(gid)
+    if name is None:
+        try:
+            name = grp.getgrgid(gid).gr_name
+        except KeyError:
+            name = str(gid)
+        cache[gid] = name
+    return name

@@ -1,0 +1,177 @@
+"""An ASGI layer in front of the API: requests addressed to a sandbox are
+streamed to it, both ways; everything else goes on to the API."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from sbx.core.errors import NotFound
+from sbx.core.lifecycle import SandboxState
+from sbx.core.sandboxes import SandboxService
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_HOST_RE = re.compile(r"^(\d{1,5})-(sbx-[a-z0-9]{8})\.")
+_HOP = {
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
+    b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length",
+}
+_CACHE_S = 1.0
+
+
+@dataclass(frozen=True)
+class Route:
+    ip: str
+    state: str
+    at: float
+
+
+def target(scope: Scope) -> tuple[str, int] | None:
+    """(sandbox_id, port) when the request is for a sandbox."""
+    sandbox_id = port = None
+    host = ""
+    for name, value in scope["headers"]:
+        if name == b"e2b-sandbox-id":
+            sandbox_id = value.decode("latin-1").strip()
+        elif name == b"e2b-sandbox-port":
+            port = value.decode("latin-1").strip()
+        elif name == b"host":
+            host = value.decode("latin-1")
+    if sandbox_id:
+        try:
+            return sandbox_id, int(port) if port else 49983
+        except ValueError:
+            return sandbox_id, -1
+    m = _HOST_RE.match(host)
+    if m:
+        return m.group(2), int(m.group(1))
+    return None
+
+
+class Gateway:
+    def __init__(self, app: ASGIApp, service: SandboxService) -> None:
+        self.app = app
+        self.service = service
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=5.0, read=None, write=60.0, pool=10.0),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            follow_redirects=False,
+        )
+        self._routes: dict[str, Route] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        dest = target(scope)
+        if dest is None:
+            await self.app(scope, receive, send)
+            return
+        await self.proxy(scope, receive, send, *dest)
+
+    async def route(self, sandbox_id: str) -> Route | None:
+        now = time.monotonic()
+        cached = self._routes.get(sandbox_id)
+        if cached is not None and now - cached.at < _CACHE_S:
+            return cached
+        try:
+            row = await self.service.get(None, sandbox_id)
+        except NotFound:
+            return None
+        if row.ip_slot is None:
+            return None
+        route = Route(self.service.address(row), row.state, now)
+        self._routes[sandbox_id] = route
+        if len(self._routes) > 10_000:
+            self._routes.clear()
+        return route
+
+    async def proxy(self, scope: Scope, receive: Receive, send: Send, sandbox_id: str,
+                    port: int) -> None:
+        if not 1 <= port <= 65535:
+            await _error(send, 400, "invalid E2b-Sandbox-Port")
+            return
+        route = await self.route(sandbox_id)
+        if route is None:
+            await _error(send, 404, f"Sandbox {sandbox_id} not found")
+            return
+        if route.state != SandboxState.RUNNING:
+            status = 404 if route.state in ("deleted", "killed") else 409
+            await _error(send, status, f"Sandbox {sandbox_id} is {route.state}")
+            return
+        headers = [(k, v) for k, v in scope["headers"] if k not in _HOP]
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        content: bytes | AsyncIterator[bytes]
+        if length is not None and int(length) <= 1 << 20:
+            content = await _read_all(receive)
+        else:
+            content = _stream_body(receive)
+        path = scope.get("raw_path") or scope["path"].encode()
+        qs = scope.get("query_string", b"")
+        url = f"http://{route.ip}:{port}{path.decode('latin-1')}"
+        if qs:
+            url += "?" + qs.decode("latin-1")
+        req = self.client.build_request(scope["method"], url, headers=headers, content=content)
+        try:
+            resp = await self.client.send(req, stream=True)
+        except httpx.HTTPError as exc:
+            self._routes.pop(sandbox_id, None)
+            await _error(send, 502, f"Sandbox {sandbox_id} port {port} is not reachable: {exc}")
+            return
+        try:
+            out_headers = [
+                (k.lower(), v) for k, v in resp.headers.raw if k.lower() not in _HOP
+            ]
+            await send({"type": "http.response.start", "status": resp.status_code,
+                        "headers": out_headers})
+            async for chunk in resp.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await resp.aclose()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+async def _read_all(receive: Receive) -> bytes:
+    parts = []
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            break
+        parts.append(msg.get("body", b""))
+        if not msg.get("more_body"):
+            break
+    return b"".join(parts)
+
+
+async def _stream_body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return
+        body = msg.get("body", b"")
+        if body:
+            yield body
+        if not msg.get("more_body"):
+            return
+
+
+async def _error(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"code": status, "message": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

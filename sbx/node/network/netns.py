@@ -1,0 +1,69 @@
+"""Network namespaces and veth pairs, through iproute2."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from sbx.node.network.ipam import Addressing
+from sbx.node.proc import CommandError, run
+
+NETNS_DIR = Path("/var/run/netns")
+
+
+async def create(netns: str, host_if: str, addr: Addressing) -> None:
+    """A fresh netns with one veth pair: `eth0` inside, `host_if` outside.
+    runsc's netstack takes over eth0 and its address."""
+    await run("ip", "netns", "add", netns)
+    # addrgenmode none: no IPv6 link-local address, so there is no v6 path
+    # between the sandbox and the host at all.
+    host_batch = "\n".join(
+        [
+            f"link add {host_if} type veth peer name eth0 netns {netns}",
+            f"link set dev {host_if} addrgenmode none",
+            f"addr add {addr.host_ip}/{addr.prefixlen} dev {host_if}",
+            f"link set {host_if} up",
+        ]
+    )
+    ns_batch = "\n".join(
+        [
+            "link set dev eth0 addrgenmode none",
+            f"addr add {addr.sandbox_ip}/{addr.prefixlen} dev eth0",
+            "link set eth0 up",
+            "link set lo up",
+            f"route add default via {addr.host_ip}",
+        ]
+    )
+    await run("ip", "-batch", "-", input=host_batch + "\n")
+    await run("ip", "-n", netns, "-batch", "-", input=ns_batch + "\n")
+
+
+async def readdress(netns: str, addr: Addressing) -> None:
+    """Put the sandbox's address back on eth0 (runsc moves it into its
+    netstack and it is gone from the netns after a run)."""
+    await run(
+        "ip", "-n", netns, "-batch", "-",
+        input=f"addr replace {addr.sandbox_ip}/{addr.prefixlen} dev eth0\n"
+        f"route replace default via {addr.host_ip}\n",
+    )
+
+
+async def destroy(netns: str, host_if: str) -> None:
+    """Remove both; either may already be gone."""
+    with contextlib.suppress(CommandError):
+        await run("ip", "link", "del", host_if)
+    if (NETNS_DIR / netns).exists():
+        with contextlib.suppress(CommandError):
+            await run("ip", "netns", "del", netns)
+
+
+def list_netns(prefix: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+def list_links(prefix: str) -> list[str]:
+    return sorted(n for n in os.listdir("/sys/class/net") if n.startswith(prefix))

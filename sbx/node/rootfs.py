@@ -1,0 +1,110 @@
+"""Root filesystems of templates: the Debian 12 `base` built once with
+mmdebstrap, and envd installed into every one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from sbx.node.network.firewall import DNS_VIP
+from sbx.node.proc import CommandError
+
+log = logging.getLogger(__name__)
+
+BASE_PACKAGES = [
+    "bash", "coreutils", "python3", "python3-pip", "python3-venv", "curl", "git",
+    "ca-certificates", "procps", "less", "iproute2", "sudo",
+]
+ENVD_SRC = Path(__file__).resolve().parent.parent / "envd"
+LAUNCHER = """\
+import runpy
+import sys
+
+sys.path.insert(0, "/opt/sbx")
+sys.argv = ["envd", "--port", "49983"]
+runpy.run_module("envd", run_name="__main__", alter_sys=True)
+"""
+
+Progress = Callable[[str], None]
+
+
+async def build_base(dest: Path, progress: Progress) -> None:
+    """Build the base rootfs into dest (atomically: a crash leaves no half
+    tree at dest)."""
+    tmp = dest.with_name(dest.name + ".building")
+    if tmp.exists():
+        await asyncio.to_thread(shutil.rmtree, tmp)
+    hooks = [
+        'chroot "$1" useradd -m -s /bin/bash -u 1000 user',
+        'echo "user ALL=(ALL:ALL) NOPASSWD: ALL" > "$1/etc/sudoers.d/user"',
+        'rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*',
+    ]
+    argv = [
+        "mmdebstrap", "--variant=minbase", "--mode=root", "--format=directory",
+        "--include=" + ",".join(BASE_PACKAGES),
+        *[f"--customize-hook={h}" for h in hooks],
+        "bookworm", str(tmp),
+    ]
+    progress("building the base template (Debian 12) with mmdebstrap")
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    tail: list[str] = []
+    async for raw in proc.stdout:
+        line = raw.decode(errors="replace").rstrip()
+        if line:
+            tail = [*tail[-20:], line]
+            progress(line)
+    code = await proc.wait()
+    if code != 0:
+        raise CommandError(tuple(argv), code, "\n".join(tail))
+    await asyncio.to_thread(configure, tmp)
+    if dest.exists():
+        await asyncio.to_thread(shutil.rmtree, dest)
+    tmp.rename(dest)
+    progress("base template ready")
+
+
+def configure(rootfs: Path) -> None:
+    """Files every sandbox needs to find itself and its resolver without
+    stalling (a lookup of its own name must not wait for a timeout)."""
+    (rootfs / "etc/hostname").write_text("sandbox\n")
+    (rootfs / "etc/hosts").write_text(
+        "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    )
+    resolv = rootfs / "etc/resolv.conf"
+    if resolv.is_symlink():
+        resolv.unlink()
+    resolv.write_text(f"nameserver {DNS_VIP}\noptions timeout:2 attempts:2\n")
+    install_envd(rootfs)
+
+
+def install_envd(rootfs: Path) -> None:
+    """Copy envd into the rootfs (each server start, so an upgrade of sbx
+    upgrades envd); new files are swapped in by rename."""
+    target = rootfs / "opt/sbx"
+    target.mkdir(parents=True, exist_ok=True)
+    staging = target / "envd.new"
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(ENVD_SRC, staging, ignore=shutil.ignore_patterns("__pycache__"))
+    old = target / "envd.old"
+    if old.exists():
+        shutil.rmtree(old)
+    live = target / "envd"
+    if live.exists():
+        live.rename(old)
+    staging.rename(live)
+    if old.exists():
+        shutil.rmtree(old)
+    launcher = target / "envd-launch.py"
+    tmp = target / "envd-launch.py.new"
+    tmp.write_text(LAUNCHER)
+    tmp.rename(launcher)

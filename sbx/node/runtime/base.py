@@ -1,0 +1,50 @@
+"""The runtime driver interface. Nothing here assumes gVisor, so a microVM
+driver can take its place on hosts with usable KVM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+
+class RuntimeState(StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    PAUSED = "paused"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything a driver needs to boot one sandbox."""
+
+    id: str
+    rootfs: Path
+    bundle: Path
+    netns: Path
+    disk_dir: Path
+    console_log: Path
+    vcpu: int
+    memory_mib: int
+    args: list[str]
+    env: dict[str, str]
+    hostname: str = "sandbox"
+    cwd: str = "/"
+    # CPUs the sandbox may run on ("0", "0-1"); None: all of them.
+    cpuset: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Runtime(Protocol):
+    async def start(self, launch: Launch) -> None: ...
+
+    async def state(self, sandbox_id: str) -> RuntimeState: ...
+
+    async def list(self) -> dict[str, RuntimeState]: ...
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Stop the sandbox and remove every trace of it the driver made;
+        no error if it is already gone."""
+        ...

@@ -1,0 +1,185 @@
+"""GVisorRuntime: sandboxes as gVisor `runsc` containers with their own
+netstack (--network=sandbox) in a network namespace prepared by the node.
+
+Workarounds from docs/runtime-notes (measured on these hosts):
+- runsc refuses to start networking when it believes it is in the root
+  netns, because /proc/sys/net/core/rmem_default now exists in every
+  netns. It runs in a private mount namespace with a tmpfs over
+  /proc/sys/net.
+- --net-disconnect-ok on every command so checkpoints reset open TCP
+  connections instead of failing.
+- the init process (envd) gets a log file as stdio, which a restore can
+  supply again; user processes come from envd, never `runsc exec`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from sbx.node.proc import CommandError, run
+from sbx.node.runtime.base import Launch, RuntimeState
+
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+_CFS_PERIOD = 100_000
+
+
+class GVisorRuntime:
+    def __init__(
+        self,
+        root_dir: Path,
+        *,
+        runsc: str = "runsc",
+        platform: str = "systrap",
+        cgroup_parent: str = "sbx",
+        memory_headroom_mib: int = 256,
+    ) -> None:
+        self.root_dir = root_dir
+        self.runsc = runsc
+        self.platform = platform
+        self.cgroup_parent = cgroup_parent
+        self.memory_headroom_mib = memory_headroom_mib
+
+    def _flags(self) -> list[str]:
+        return [
+            self.runsc,
+            "--root", str(self.root_dir),
+            "--platform", self.platform,
+            "--network", "sandbox",
+            "--net-disconnect-ok",
+        ]
+
+    def spec(self, launch: Launch) -> dict[str, Any]:
+        memory = (launch.memory_mib + self.memory_headroom_mib) * 1024 * 1024
+        cpu: dict[str, Any] = {"quota": launch.vcpu * _CFS_PERIOD, "period": _CFS_PERIOD}
+        if launch.cpuset is not None:
+            cpu["cpus"] = launch.cpuset
+        caps = [
+            "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+            "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+            "CAP_NET_RAW", "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE", "CAP_SETFCAP",
+            "CAP_SYS_PTRACE",
+        ]
+        return {
+            "ociVersion": "1.0.0",
+            "process": {
+                "terminal": False,
+                "user": {"uid": 0, "gid": 0},
+                "args": launch.args,
+                "env": [f"{k}={v}" for k, v in launch.env.items()],
+                "cwd": launch.cwd,
+                "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
+                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576}],
+            },
+            "root": {"path": str(launch.rootfs), "readonly": False},
+            "hostname": launch.hostname,
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                 "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+                 "options": ["nosuid", "noexec", "nodev", "ro"]},
+                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "nodev", "mode=1777"]},
+            ],
+            "linux": {
+                "cgroupsPath": f"/{self.cgroup_parent}/{launch.id}",
+                "resources": {"memory": {"limit": memory}, "cpu": cpu},
+                "namespaces": [
+                    {"type": "pid"},
+                    {"type": "ipc"},
+                    {"type": "uts"},
+                    {"type": "mount"},
+                    {"type": "network", "path": str(launch.netns)},
+                ],
+            },
+        }
+
+    async def start(self, launch: Launch) -> None:
+        launch.bundle.mkdir(parents=True, exist_ok=True)
+        (launch.bundle / "config.json").write_text(json.dumps(self.spec(launch)))
+        argv = [
+            "unshare", "-m", "--propagation", "private",
+            "sh", "-c", 'mount -t tmpfs none /proc/sys/net && exec "$@"', "sh",
+            *self._flags(),
+            "--overlay2", f"root:dir={launch.disk_dir}",
+            "run", "--detach", "--bundle", str(launch.bundle), launch.id,
+        ]
+        await run(*argv, stdout_path=str(launch.console_log), timeout=60)
+
+    async def state(self, sandbox_id: str) -> RuntimeState:
+        res = await run(*self._flags(), "state", sandbox_id, check=False)
+        if res.code != 0:
+            return RuntimeState.MISSING
+        return _state(json.loads(res.stdout).get("status", ""))
+
+    async def list(self) -> dict[str, RuntimeState]:
+        if not self.root_dir.exists():
+            return {}
+        res = await run(*self._flags(), "list", "--format", "json")
+        items = json.loads(res.stdout or "null") or []
+        return {c["id"]: _state(c.get("status", "")) for c in items}
+
+    async def destroy(self, sandbox_id: str) -> None:
+        await run(*self._flags(), "kill", "--all", sandbox_id, "KILL", check=False)
+        try:
+            await run(*self._flags(), "delete", "--force", sandbox_id)
+        except CommandError as exc:
+            if "does not exist" not in exc.stderr and "not found" not in exc.stderr:
+                raise
+        self.remove_cgroups(sandbox_id)
+
+    def prepare_cgroups(self) -> None:
+        """Create the parent cgroups. In cgroup v1 a new cpuset cgroup starts
+        with no CPUs and no memory nodes, and then refuses children with any:
+        the parent copies them from the root first."""
+        for controller in _cgroup_controllers():
+            parent = _CGROUP_ROOT / controller / self.cgroup_parent
+            parent.mkdir(exist_ok=True)
+            if controller == "cpuset":
+                for name in ("cpuset.cpus", "cpuset.mems"):
+                    value = (_CGROUP_ROOT / controller / name).read_text().strip()
+                    if (parent / name).read_text().strip() != value:
+                        (parent / name).write_text(value)
+
+    def remove_cgroups(self, sandbox_id: str) -> None:
+        for controller in _cgroup_controllers():
+            path = _CGROUP_ROOT / controller / self.cgroup_parent / sandbox_id
+            if path.is_dir():
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+
+    def leftover_cgroups(self) -> set[str]:
+        found: set[str] = set()
+        for controller in _cgroup_controllers():
+            parent = _CGROUP_ROOT / controller / self.cgroup_parent
+            if parent.is_dir():
+                found.update(p.name for p in parent.iterdir() if p.is_dir())
+        return found
+
+
+def _cgroup_controllers() -> list[str]:
+    # cgroup v1 only (what these hosts run); "unified" is the v2 mount beside it.
+    try:
+        return [
+            p.name for p in _CGROUP_ROOT.iterdir()
+            if p.is_dir() and not p.is_symlink() and p.name != "unified"
+        ]
+    except OSError:
+        return []
+
+
+def _state(status: str) -> RuntimeState:
+    return {
+        "running": RuntimeState.RUNNING,
+        "created": RuntimeState.STOPPED,
+        "stopped": RuntimeState.STOPPED,
+        "paused": RuntimeState.PAUSED,
+    }.get(status, RuntimeState.STOPPED)

@@ -1,0 +1,95 @@
+"""The composition root of a single-machine sbx: store, node agent, sandbox
+service, and their background duties (template build, timeouts,
+reconciliation). The API and the gateway are built on top of it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+
+from sbx.config import Settings
+from sbx.core import accounts, templates
+from sbx.core.sandboxes import SandboxService
+from sbx.node.agent import NodeAgent
+from sbx.store import repo
+from sbx.store.db import Database
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ORG = "default"
+
+
+class Platform:
+    def __init__(self, settings: Settings, progress: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.db = Database(settings.db_url)
+        self.agent = NodeAgent(settings)
+        self.sandboxes = SandboxService(self.db, self.agent, settings)
+        self.ready = asyncio.Event()
+        self.failure: str | None = None
+        self.progress = progress or (lambda line: log.info("%s", line))
+        self._tasks: list[asyncio.Task[None]] = []
+        self.bootstrap_key: str | None = None
+
+    async def start(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.db.migrate()
+        await self.bootstrap()
+        await self.agent.setup()
+        await self.sandboxes.reconcile()
+        self._tasks = [
+            asyncio.create_task(self._prepare(), name="prepare"),
+            asyncio.create_task(self._loop(self.sandboxes.expire_due,
+                                           self.settings.timeout_check_interval_s),
+                                name="timeouts"),
+            asyncio.create_task(self._loop(self.sandboxes.reconcile,
+                                           self.settings.reconcile_interval_s),
+                                name="reconcile"),
+        ]
+
+    async def bootstrap(self) -> None:
+        """First start: a default organisation and a key, written to
+        DATA_DIR/api-key (0600) so that the operator can read it again."""
+        async with self.db.transaction() as s:
+            if await repo.first_org(s) is not None:
+                return
+            await accounts.create_org(s, DEFAULT_ORG, self.settings.max_sandboxes_default)
+            key = await accounts.create_key(s, DEFAULT_ORG)
+        path = self.settings.data_dir / "api-key"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        os.chmod(path, 0o600)
+        self.bootstrap_key = key
+
+    async def _prepare(self) -> None:
+        try:
+            await templates.ensure_base(self.db, self.settings, self.progress)
+        except Exception as exc:
+            self.failure = f"building the base template failed: {exc}"
+            log.exception("template build failed")
+            return
+        self.ready.set()
+
+    async def _loop(self, duty: Callable[[], object], interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                result = duty()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("background duty failed")
+
+    async def stop(self) -> None:
+        """Stop the server's own work. Sandboxes keep running: a restarted
+        server picks them up again."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.db.close()

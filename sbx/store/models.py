@@ -1,0 +1,103 @@
+"""Tables. Changes to them go through a new Alembic revision in migrations/."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Dialect, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out: SQLite keeps no zone, so one is put
+    back on the way out."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Org(Base):
+    __tablename__ = "orgs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    max_sandboxes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Template(Base):
+    __tablename__ = "templates"
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # NULL: a public template every organisation may use.
+    org_id: Mapped[str | None] = mapped_column(ForeignKey("orgs.id"), nullable=True)
+    vcpu: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    disk_mib: Mapped[int] = mapped_column(Integer)
+    rootfs: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Sandbox(Base):
+    __tablename__ = "sandboxes"
+    __table_args__ = (Index("ix_sandboxes_org_state", "org_id", "state"),)
+
+    id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"))
+    template_id: Mapped[str] = mapped_column(ForeignKey("templates.id"))
+    state: Mapped[str] = mapped_column(String(16))
+    vcpu: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    disk_mib: Mapped[int] = mapped_column(Integer)
+    auto_pause: Mapped[bool] = mapped_column(default=False)
+    timeout_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    timeout_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    network_policy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    env_vars: Mapped[dict[str, str]] = mapped_column(JSON)
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    envd_token: Mapped[str] = mapped_column(String(80))
+    proxy_token: Mapped[str] = mapped_column(String(80))
+    # Index of the /30 this sandbox holds in the node's address pool.
+    ip_slot: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class SandboxEvent(Base):
+    __tablename__ = "sandbox_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sandbox_id: Mapped[str] = mapped_column(String(12), index=True)
+    from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    to_state: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)

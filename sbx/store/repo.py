@@ -1,0 +1,116 @@
+"""Queries, and nothing else: rules live in sbx.core."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from sbx.store.models import ApiKey, Org, Sandbox, SandboxEvent, Template
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- organisations and keys ----------------------------------------------------
+async def org_by_name(s: AsyncSession, name: str) -> Org | None:
+    return (await s.execute(select(Org).where(Org.name == name))).scalar_one_or_none()
+
+
+async def org_by_id(s: AsyncSession, org_id: str) -> Org | None:
+    return await s.get(Org, org_id)
+
+
+async def first_org(s: AsyncSession) -> Org | None:
+    return (await s.execute(select(Org).order_by(Org.created_at).limit(1))).scalar_one_or_none()
+
+
+async def org_by_key_hash(s: AsyncSession, key_hash: str) -> Org | None:
+    q = (
+        select(Org)
+        .join(ApiKey, ApiKey.org_id == Org.id)
+        .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+    )
+    return (await s.execute(q)).scalar_one_or_none()
+
+
+# -- templates ------------------------------------------------------------------
+async def template_by_name(s: AsyncSession, name: str, org_id: str) -> Template | None:
+    q = select(Template).where(
+        Template.name == name,
+        (Template.org_id.is_(None)) | (Template.org_id == org_id),
+    )
+    return (await s.execute(q)).scalar_one_or_none()
+
+
+async def template_by_id(s: AsyncSession, template_id: str) -> Template | None:
+    return await s.get(Template, template_id)
+
+
+# -- sandboxes --------------------------------------------------------------------
+async def count_in_states(s: AsyncSession, org_id: str, states: Iterable[str]) -> int:
+    q = select(func.count()).select_from(Sandbox).where(
+        Sandbox.org_id == org_id, Sandbox.state.in_(list(states))
+    )
+    return int((await s.execute(q)).scalar_one())
+
+
+async def used_slots(s: AsyncSession, states: Iterable[str]) -> set[int]:
+    q = select(Sandbox.ip_slot).where(
+        Sandbox.state.in_(list(states)), Sandbox.ip_slot.is_not(None)
+    )
+    return {int(v) for v in (await s.execute(q)).scalars()}
+
+
+async def sandbox(s: AsyncSession, sandbox_id: str) -> Sandbox | None:
+    return await s.get(Sandbox, sandbox_id)
+
+
+async def sandboxes(
+    s: AsyncSession, org_id: str | None, states: Iterable[str] | None = None
+) -> Sequence[Sandbox]:
+    q = select(Sandbox).order_by(Sandbox.created_at)
+    if org_id is not None:
+        q = q.where(Sandbox.org_id == org_id)
+    if states is not None:
+        q = q.where(Sandbox.state.in_(list(states)))
+    return (await s.execute(q)).scalars().all()
+
+
+async def due_for_timeout(s: AsyncSession, at: datetime, states: Iterable[str]) -> Sequence[str]:
+    q = select(Sandbox.id).where(
+        Sandbox.timeout_at.is_not(None),
+        Sandbox.timeout_at <= at,
+        Sandbox.state.in_(list(states)),
+    )
+    return (await s.execute(q)).scalars().all()
+
+
+async def set_state(
+    s: AsyncSession, sandbox_id: str, src: str, dst: str, detail: str | None = None
+) -> bool:
+    """Compare-and-set of a sandbox's state, with its event row, so two
+    writers never both win a transition."""
+    values: dict[str, object] = {"state": dst}
+    if dst in ("deleted", "killed"):
+        values["ended_at"] = now()
+        values["timeout_at"] = None
+    res = await s.execute(
+        update(Sandbox)
+        .where(Sandbox.id == sandbox_id, Sandbox.state == src)
+        .values(**values)
+    )
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    s.add(SandboxEvent(sandbox_id=sandbox_id, from_state=src, to_state=dst, at=now(),
+                       detail=detail))
+    return True
+
+
+def add_event(s: AsyncSession, sandbox_id: str, src: str | None, dst: str,
+              detail: str | None = None) -> None:
+    s.add(SandboxEvent(sandbox_id=sandbox_id, from_state=src, to_state=dst, at=now(),
+                       detail=detail))
