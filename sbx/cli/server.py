@@ -139,3 +139,27 @@ def key_create(org_name: str, data_dir: Path | None) -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(f"New API key for {org_name!r}:")
     click.echo(str(new))
+
+
+@admin.command("teardown")
+@_data_dir_option  # type: ignore[arg-type]
+def teardown(data_dir: Path | None) -> None:
+    """Remove every host resource of this data dir's sandboxes (runsc
+    containers, netns, veths, disks, cgroups, the nft table) and mark them
+    deleted. For uninstalling, and for tests. Stop the server first."""
+    from sbx.core.lifecycle import LIVE
+    from sbx.node.agent import NodeAgent
+    from sbx.store import repo
+
+    settings = _settings(data_dir=data_dir)
+
+    async def go(s: object) -> int:
+        agent = NodeAgent(settings)
+        await agent.shutdown_all()
+        rows = await repo.sandboxes(s, None, LIVE)  # type: ignore[arg-type]
+        for row in rows:
+            await repo.set_state(s, row.id, row.state, "deleted", "teardown")  # type: ignore[arg-type]
+        return len(rows)
+
+    n = asyncio.run(_with_db(settings, go))
+    click.echo(f"Removed host resources; {n} sandboxes marked deleted.")

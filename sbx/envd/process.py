@@ -448,6 +448,7 @@ def build_env(base: dict[str, str], user: User, extra: dict[str, str], pty: bool
     env.update(user.env())
     env.update(extra)
     env.setdefault("PATH", DEFAULT_PATH)
-    if pty:
-        env.setdefault("TERM", "xterm-256color")
+    if pty and "TERM" not in extra:
+        # envd's own TERM says nothing about the terminal the client emulates.
+        env["TERM"] = "xterm-256color"
     return env

@@ -1,0 +1,153 @@
+"""A real `sbx server` in a subprocess, and the leak check every test of
+host resources ends with. Kept out of conftest so that benchmarks reuse it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from sbx.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+SBX = str(Path(sys.executable).parent / "sbx")
+# One template cache for every test server, so `base` is built once per machine.
+TEMPLATES = Path(os.environ.get("SBX_TEST_TEMPLATES", "/var/cache/sbx-test/templates"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    data_dir: Path
+    subnet: str
+    port: int = field(default_factory=free_port)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(data_dir=self.data_dir, subnet=self.subnet)
+
+    @property
+    def node_tag(self) -> str:
+        return self.settings.node_tag
+
+    @property
+    def api_key(self) -> str:
+        return (self.data_dir / "api-key").read_text().strip()
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "SBX_SUBNET": self.subnet,
+            "SBX_TEMPLATES_PATH": str(TEMPLATES),
+            "SBX_TIMEOUT_CHECK_INTERVAL_S": "0.5",
+            **self.extra_env,
+        }
+
+    def start(self, wait_s: float = 900) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        TEMPLATES.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir / "server.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+        self.proc = subprocess.Popen(
+            [SBX, "server", "--data-dir", str(self.data_dir), "--port", str(self.port)],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True,
+        )
+        log.close()
+        end = time.monotonic() + wait_s
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sbx server exited {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"sbx server not healthy in {wait_s}s:\n{self.tail()}")
+
+    def tail(self, n: int = 4000) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-n:]
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def admin(self, *args: str) -> str:
+        res = subprocess.run(
+            [SBX, "admin", *args, "--data-dir", str(self.data_dir)],
+            capture_output=True, text=True, env=self.env(), timeout=120,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"sbx admin {args} failed: {res.stderr or res.stdout}")
+        return res.stdout
+
+    def new_org(self, name: str) -> str:
+        """Create an organisation; answer its API key (last line)."""
+        return self.admin("org", "create", name).strip().splitlines()[-1]
+
+    def teardown(self) -> None:
+        """Stop the server and remove everything it left on the host."""
+        self.stop()
+        if self.data_dir.exists():
+            self.admin("teardown")
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def leaks(node_tag: str) -> dict[str, list[str]]:
+    """Host resources of a node that outlive their sandboxes."""
+    found: dict[str, list[str]] = {}
+    netns = Path("/var/run/netns")
+    ns = [n for n in os.listdir(netns) if n.startswith(f"sbx{node_tag}-")] if netns.exists() else []
+    if ns:
+        found["netns"] = ns
+    links = [n for n in os.listdir("/sys/class/net") if n.startswith(f"s{node_tag}")]
+    if links:
+        found["links"] = links
+    runsc_root = Path("/run/sbx") / node_tag / "runsc"
+    if runsc_root.exists():
+        out = subprocess.run(["runsc", "--root", str(runsc_root), "list", "-quiet"],
+                             capture_output=True, text=True).stdout.split()
+        if out:
+            found["runsc"] = out
+    cg = []
+    for ctrl in Path("/sys/fs/cgroup").iterdir():
+        parent = ctrl / f"sbx-{node_tag}"
+        if parent.is_dir():
+            cg += [f"{ctrl.name}/{p.name}" for p in parent.iterdir() if p.is_dir()]
+    if cg:
+        found["cgroups"] = cg
+    return found
+
+
+def mounts_of(data_dir: Path) -> list[str]:
+    prefix = str(data_dir) + "/"
+    with open("/proc/self/mounts") as f:
+        return [p for p in (line.split()[1] for line in f) if p.startswith(prefix)]

@@ -1,0 +1,1 @@
+"""Tests for envd, the in-sandbox daemon (run as a real subprocess)."""
