@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from sbx import __version__
+from sbx.cli.sandbox import sandbox
 from sbx.cli.server import admin, server
 
 
@@ -16,6 +17,7 @@ def cli() -> None:
 
 cli.add_command(server)
 cli.add_command(admin)
+cli.add_command(sandbox)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from .state import EnvdState
 
 NO_STORE = [("Cache-Control", "no-store")]
 UNAUTHORIZED = "unauthorized access, please provide a valid access token"
+SERVICE_PREFIXES = ("/process.Process/", "/filesystem.Filesystem/")
 
 
 class App:
@@ -47,11 +48,13 @@ class App:
             await self.files.handle(req, resp)
         elif path == "/init":
             await self._init(req, resp)
-        elif self.router.handles(path):
+        elif path.startswith(SERVICE_PREFIXES):
             if not token_ok(self.state, req):
                 await send_error(resp, ConnectError(Code.UNAUTHENTICATED, UNAUTHORIZED))
-                return
-            await self.router.handle(req, resp, basic_username(req))
+            elif self.router.handles(path):
+                await self.router.handle(req, resp, basic_username(req))
+            else:
+                await send_error(resp, ConnectError(Code.UNIMPLEMENTED, f"no procedure {path}"))
         elif not token_ok(self.state, req):
             await resp.send_json(401, {"code": 401, "message": UNAUTHORIZED})
         elif path == "/envs" and req.method == "GET":

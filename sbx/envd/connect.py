@@ -312,10 +312,15 @@ class ConnectRouter:
             try:
                 payload = await req.body.read_all(MAX_MESSAGE)
             except HttpError as e:
-                raise ConnectError(Code.RESOURCE_EXHAUSTED, e.message) from None
+                code = Code.RESOURCE_EXHAUSTED if e.status == 413 else Code.INVALID_ARGUMENT
+                raise ConnectError(code, e.message) from None
             out = await fn(parse_message(payload), call)
         except ConnectError as e:
             await send_error(resp, e)
+            return
+        except Exception as e:
+            log.exception("%s failed", req.path)
+            await send_error(resp, ConnectError(Code.INTERNAL, str(e)))
             return
         await resp.send(200, dumps(out), content_type=UNARY_CONTENT_TYPE)
 
@@ -329,6 +334,11 @@ class ConnectRouter:
             payload = envelope(dumps(out)) + end_stream()
         except ConnectError as e:
             payload = end_stream(e)
+        except HttpError:
+            raise
+        except Exception as e:
+            log.exception("%s failed", req.path)
+            payload = end_stream(ConnectError(Code.INTERNAL, str(e)))
         await resp.send(200, payload, content_type=STREAM_CONTENT_TYPE)
 
     async def _handle_server_stream(

@@ -26,6 +26,9 @@ READ_SIZE = 256 * 1024
 # A request body left unread by a handler is discarded up to this size so the
 # connection can be reused; beyond it closing is cheaper than reading.
 MAX_DISCARD = 4 * 1024 * 1024
+# Connections idle between requests this long are closed, so peers that
+# vanished without a FIN do not hold descriptors forever.
+IDLE_TIMEOUT = 600.0
 
 Headers = Iterable[tuple[str, str]]
 
@@ -151,6 +154,10 @@ class Body:
         self._continue = expect_continue
         self.complete = not chunked and not length
 
+    @property
+    def awaiting_continue(self) -> bool:
+        return self._continue
+
     async def read(self, n: int = READ_SIZE) -> bytes:
         """Next piece of the body, b"" once it is complete."""
         if self.complete:
@@ -232,6 +239,9 @@ class Request:
         self.headers = headers
         self.conn = conn
         self.body = body
+        if target.startswith(("http://", "https://")):
+            # Absolute form, as sent to proxies: keep only the path and query.
+            target = "/" + target.split("://", 1)[1].partition("/")[2]
         path, _, query = target.partition("?")
         self.path = path
         self.query: dict[str, str] = {}
@@ -387,6 +397,7 @@ class HttpServer:
 
     async def _one_request(self, conn: Connection) -> bool:
         """Serve one request; True when the connection can carry another."""
+        idle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, conn.writer.close)
         try:
             raw = await conn.read_until(b"\r\n\r\n", MAX_HEAD)
             if raw is None:
@@ -399,6 +410,8 @@ class HttpServer:
         except HttpError as e:
             await _plain_error(conn, e.status, e.message)
             return False
+        finally:
+            idle.cancel()
         http10 = version == "HTTP/1.0"
         conn_tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
         keep_alive = "keep-alive" in conn_tokens if http10 else "close" not in conn_tokens
@@ -421,7 +434,9 @@ class HttpServer:
             resp.keep_alive = False
             await resp.send_json(500, {"code": 500, "message": "internal error"})
             return False
-        if not resp.finished or not resp.keep_alive:
+        if not resp.finished or not resp.keep_alive or body.awaiting_continue:
+            # A client still waiting for "100 Continue" may or may not send the
+            # body now that it got a final answer; only closing is unambiguous.
             return False
         try:
             return await body.discard(MAX_DISCARD)

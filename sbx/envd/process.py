@@ -201,7 +201,7 @@ class Process:
                 )
             kwargs.update(user=user.uid, group=user.gid, extra_groups=list(user.groups))
         if self._pty_size is not None:
-            self._spawn_pty(argv, kwargs)
+            self._spawn_pty(argv, kwargs, user)
         else:
             self._spawn_pipes(argv, kwargs)
         assert self._popen is not None
@@ -211,10 +211,13 @@ class Process:
         for fd in self._outputs:
             self._loop.add_reader(fd, self._on_readable, fd)
 
-    def _spawn_pty(self, argv: list[str], kwargs: dict[str, Any]) -> None:
+    def _spawn_pty(self, argv: list[str], kwargs: dict[str, Any], user: User) -> None:
         assert self._pty_size is not None
         master, slave = terminal.open_pty(*self._pty_size)
         try:
+            if not user.is_self:
+                # Like a login: the terminal belongs to the user working in it.
+                os.fchown(slave, user.uid, -1)
             self._popen = subprocess.Popen(
                 argv,
                 stdin=slave,
@@ -332,7 +335,7 @@ class Process:
         self.reaped = True
         if self._popen is not None:
             # Keeps subprocess' own bookkeeping from ever waiting on this pid.
-            self._popen.returncode = status
+            self._popen.returncode = os.waitstatus_to_exitcode(status)
         if self._deadline is not None:
             self._deadline.cancel()
         # Whatever the process wrote before exiting is already in the pipe.

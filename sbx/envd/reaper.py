@@ -42,7 +42,6 @@ class Reaper:
         self._tracked: dict[int, ExitCallback] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
-        self.reaped_orphans = 0
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -86,7 +85,7 @@ class Reaper:
                 return
             callback = self._tracked.pop(pid, None)
             if callback is None:
-                self.reaped_orphans += 1
+                # An orphan inherited from some exited process: reaping is all.
                 continue
             try:
                 callback(status)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 
 SECRET_PREFIX = "SBX_ENVD_"
@@ -26,7 +25,7 @@ class EnvdState:
         return env
 
 
-def take_secrets(environ: os._Environ[str] | dict[str, str]) -> dict[str, str]:
+def take_secrets(environ: MutableMapping[str, str]) -> dict[str, str]:
     """Remove every ``SBX_ENVD_*`` variable from ``environ`` and return them.
 
     envd's environment is inherited by every process it spawns, so the access

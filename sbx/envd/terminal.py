@@ -22,11 +22,6 @@ def set_size(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows or 24, cols or 80, 0, 0))
 
 
-def get_size(fd: int) -> tuple[int, int]:
-    rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
-    return rows, cols
-
-
 def take_controlling_terminal() -> None:
     """Run in the child between fork and exec, after setsid and the dup2 onto 0/1/2.
 

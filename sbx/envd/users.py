@@ -108,11 +108,6 @@ def ensure_dirs(path: str, user: User) -> None:
         chown(directory, user)
 
 
-def owner_names() -> tuple[dict[int, str], dict[int, str]]:
-    """Fresh per-request caches for uid/gid -> name lookups."""
-    return {}, {}
-
-
 def user_name(uid: int, cache: dict[int, str]) -> str:
     name = cache.get(uid)
     if name is None:

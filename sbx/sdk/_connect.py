@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from sbx.sdk._exceptions import ServerError, SbxConnectionError, connect_error
+from sbx.sdk._exceptions import SbxConnectionError, ServerError, connect_error
 from sbx.sdk._ops import Op, Request, raise_for_status
 
 T = TypeVar("T")

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import httpx
@@ -211,10 +211,8 @@ def error_from_response(status_code: int, content: bytes, headers: httpx.Headers
     it is more precise than the status.
     """
     body: Any = None
-    try:
+    with suppress(ValueError):
         body = json.loads(content) if content else None
-    except ValueError:
-        pass
     if not isinstance(body, dict):
         text = content.decode("utf-8", "replace").strip()
         return status_error(status_code, text[:500] or f"HTTP {status_code}")
@@ -248,16 +246,15 @@ def map_transport_errors(url: str = "") -> Iterator[None]:
     A plain context manager also guards ``await`` inside ``async with``-free
     blocks, so the sync and async twins share it.
     """
+    where = url or "the server"
     try:
         yield
     except httpx.TimeoutException as exc:
-        raise SbxTimeoutError(f"Timed out talking to {url or 'the server'}: {_why(exc)}") from exc
+        raise SbxTimeoutError(f"Timed out talking to {where}: {_why(exc)}") from exc
     except httpx.ConnectError as exc:
-        raise SbxConnectionError(f"Could not connect to {url or 'the server'}: {_why(exc)}") from exc
+        raise SbxConnectionError(f"Could not connect to {where}: {_why(exc)}") from exc
     except httpx.TransportError as exc:
-        raise SbxConnectionError(
-            f"Connection to {url or 'the server'} failed: {_why(exc)}"
-        ) from exc
+        raise SbxConnectionError(f"Connection to {where} failed: {_why(exc)}") from exc
     except httpx.InvalidURL as exc:
         raise SbxError(f"Invalid URL {url!r}: {exc}") from exc
 

@@ -7,7 +7,7 @@ reads Connect streams, over one keep-alive connection pool per sandbox object.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Generator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -76,7 +76,7 @@ class Transport(_BaseTransport):
             response = self.client.send(self._build(self.client, op.request))
         return op.parse(response)
 
-    def stream(self, request: Request) -> Iterator[Message]:
+    def stream(self, request: Request) -> Generator[Message, None, None]:
         """The messages of a server stream, read as they arrive."""
         url = self._url(request)
         with map_transport_errors(url):
@@ -118,7 +118,7 @@ class AsyncTransport(_BaseTransport):
             response = await self.client.send(self._build(self.client, op.request))
         return op.parse(response)
 
-    async def stream(self, request: Request) -> AsyncIterator[Message]:
+    async def stream(self, request: Request) -> AsyncGenerator[Message, None]:
         url = self._url(request)
         with map_transport_errors(url):
             response = await self.client.send(self._build(self.client, request), stream=True)

@@ -86,8 +86,6 @@ class GVisorRuntime:
                  "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
                 {"destination": "/sys", "type": "sysfs", "source": "sysfs",
                  "options": ["nosuid", "noexec", "nodev", "ro"]},
-                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-                 "options": ["nosuid", "nodev", "mode=1777"]},
             ],
             "linux": {
                 "cgroupsPath": f"/{self.cgroup_parent}/{launch.id}",

@@ -86,6 +86,9 @@ def test_unknown_route_and_wrong_content_type(rpc: Rpc) -> None:
     assert resp.status_code == 415
     resp = rpc.http.get("/process.Process/List")
     assert resp.status_code == 405
+    resp = rpc.unary("process.Process/NoSuchMethod", {})
+    assert resp.status_code == 501
+    assert resp.json()["code"] == "unimplemented"
 
 
 def test_invalid_json_is_invalid_argument(rpc: Rpc) -> None:

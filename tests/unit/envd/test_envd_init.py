@@ -17,21 +17,25 @@ def init(url: str, body: Any, token: str | None = None) -> httpx.Response:
     return httpx.post(url + "/init", json=body, headers=headers)
 
 
+def list_status(url: str, token: str | None) -> int:
+    with Rpc(url, token) as rpc:
+        return rpc.unary("process.Process/List", {}).status_code
+
+
 def test_no_token_until_init_sets_one(envd_factory: Any) -> None:
     envd = envd_factory(token=None)
-    open_rpc = Rpc(envd.url, None)
-    assert open_rpc.unary("process.Process/List", {}).status_code == 200
+    assert list_status(envd.url, None) == 200
 
     assert init(envd.url, {"accessToken": "first"}).status_code == 204
-    assert open_rpc.unary("process.Process/List", {}).status_code == 401
-    assert Rpc(envd.url, "first").unary("process.Process/List", {}).status_code == 200
+    assert list_status(envd.url, None) == 401
+    assert list_status(envd.url, "first") == 200
 
     # Once set, only its holder may re-initialise, e.g. to rotate it.
     assert init(envd.url, {"accessToken": "second"}).status_code == 401
     assert init(envd.url, {"accessToken": "second"}, "wrong").status_code == 401
     assert init(envd.url, {"accessToken": "second"}, "first").status_code == 204
-    assert Rpc(envd.url, "first").unary("process.Process/List", {}).status_code == 401
-    assert Rpc(envd.url, "second").unary("process.Process/List", {}).status_code == 200
+    assert list_status(envd.url, "first") == 401
+    assert list_status(envd.url, "second") == 200
     assert httpx.get(envd.url + "/health").status_code == 204
 
 
@@ -39,23 +43,24 @@ def test_init_env_vars_and_workdir(envd_factory: Any, workdir: Path) -> None:
     envd = envd_factory()
     body = {"envVars": {"FOO": "from-init", "BAR": "b"}, "defaultWorkdir": str(workdir)}
     assert init(envd.url, body, TOKEN).status_code == 204
-    rpc = Rpc(envd.url, TOKEN)
     script = "echo $FOO $BAR; pwd"
     request = {"process": {"cmd": "/bin/sh", "args": ["-c", script], "envs": {"BAR": "req"}}}
-    result = rpc.stream("process.Process/Start", request)
-    assert result.output().decode().split("\n")[:2] == ["from-init req", str(workdir)]
-    assert rpc.http.get("/envs").json() == {"FOO": "from-init", "BAR": "b"}
-    # An empty path means the default working directory for files too.
-    assert rpc.call("filesystem.Filesystem/Stat", {"path": ""})["entry"]["path"] == str(workdir)
+    with Rpc(envd.url, TOKEN) as rpc:
+        result = rpc.stream("process.Process/Start", request)
+        assert result.output().decode().split("\n")[:2] == ["from-init req", str(workdir)]
+        assert rpc.http.get("/envs").json() == {"FOO": "from-init", "BAR": "b"}
+        # An empty path means the default working directory for files too.
+        entry = rpc.call("filesystem.Filesystem/Stat", {"path": ""})["entry"]
+        assert entry["path"] == str(workdir)
 
 
 def test_init_default_user(envd_factory: Any) -> None:
     envd = envd_factory()
     assert init(envd.url, {"defaultUser": "no-such-user-xyz"}, TOKEN).status_code == 400
     assert init(envd.url, {"defaultUser": "nobody"}, TOKEN).status_code == 204
-    rpc = Rpc(envd.url, TOKEN)
     request = {"process": {"cmd": "/bin/sh", "args": ["-c", "id -u"], "cwd": "/"}}
-    result = rpc.stream("process.Process/Start", request)
+    with Rpc(envd.url, TOKEN) as rpc:
+        result = rpc.stream("process.Process/Start", request)
     if os.geteuid() == 0:
         assert result.output().decode().strip() == str(pwd.getpwnam("nobody").pw_uid)
     else:
@@ -70,6 +75,6 @@ def test_init_rejects_bad_bodies(envd_factory: Any) -> None:
     for body in ([], {"envVars": {"A": 1}}, {"accessToken": 5}, {"accessToken": ""}):
         assert init(envd.url, body, TOKEN).status_code == 400, body
     # Nothing was half-applied: the original token still works.
-    assert Rpc(envd.url, TOKEN).unary("process.Process/List", {}).status_code == 200
+    assert list_status(envd.url, TOKEN) == 200
     assert init(envd.url, {}, TOKEN).status_code == 204
     assert httpx.post(envd.url + "/init", headers={"X-Access-Token": TOKEN}).status_code == 204

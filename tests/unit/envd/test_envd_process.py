@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
 import pwd
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from .envd_testlib import (
@@ -91,6 +91,13 @@ def test_cwd_absolute_default_and_missing(rpc: Rpc, workdir: Path) -> None:
     assert "does not exist" in result.end["error"]["message"]
 
 
+def test_children_get_default_sigpipe(rpc: Rpc) -> None:
+    # Python ignores SIGPIPE; a child inheriting that would spin on EPIPE.
+    result = rpc.stream(START, sh("yes | head -n 2"))
+    assert result.output() == b"y\ny\n"
+    assert result.output("stderr") == b""
+
+
 def test_stdin_disabled_reads_eof(rpc: Rpc) -> None:
     start = time.monotonic()
     result = rpc.stream(START, {"process": {"cmd": "/bin/cat"}, "stdin": False})
@@ -100,7 +107,8 @@ def test_stdin_disabled_reads_eof(rpc: Rpc) -> None:
 
 async def test_background_process_connect_input_list_close(envd: Envd, rpc: Rpc) -> None:
     async with async_client(envd) as client:
-        request = {"process": {"cmd": "/bin/cat"}, "stdin": True, "tag": "my-cat"}
+        # No "stdin" field: enabled, as for clients that predate the flag.
+        request = {"process": {"cmd": "/bin/cat"}, "tag": "my-cat"}
         async with client.stream(
             "POST", "/" + START, content=envelope(request), headers=STREAM_HEADERS
         ) as start_resp:
@@ -235,6 +243,14 @@ async def test_pty_size_input_resize(envd: Envd, rpc: Rpc) -> None:
             out += unb64(event["data"]["pty"])
         assert b"30 100" in out
         assert b"term=xterm-256color" in out
+        # stdin-style input and CloseStdin make no sense for a terminal.
+        for method, msg in (
+            ("process.Process/CloseStdin", {"process": {"pid": pid}}),
+            ("process.Process/SendInput", {"process": {"pid": pid}, "input": {"stdin": "eA=="}}),
+        ):
+            resp = rpc.unary(method, msg)
+            assert resp.status_code == 400
+            assert resp.json()["code"] == "failed_precondition"
         rpc.call(
             "process.Process/Update",
             {"process": {"pid": pid}, "pty": {"size": {"rows": 40, "cols": 120}}},
@@ -250,9 +266,6 @@ async def test_pty_size_input_resize(envd: Envd, rpc: Rpc) -> None:
         assert event["end"]["exitCode"] == 0
         assert b"got:hi" in out
         assert b"40 120" in out
-    # stdin-style input and CloseStdin make no sense for a terminal.
-    resp = rpc.unary("process.Process/CloseStdin", {"process": {"pid": pid}})
-    assert resp.status_code in (400, 404)
 
 
 def _children(ppid: int) -> dict[int, tuple[str, str]]:
@@ -349,7 +362,7 @@ async def test_stream_input_client_stream(envd: Envd, rpc: Rpc) -> None:
             frames = AsyncFrames(resp)
             pid = (await frames.event())["start"]["pid"]
 
-            async def body():  # type: ignore[no-untyped-def]
+            async def body() -> AsyncIterator[bytes]:
                 yield envelope({"start": {"process": {"pid": pid}}})
                 for part in (b"one ", b"two ", b"three\n"):
                     await asyncio.sleep(0.01)
@@ -366,18 +379,11 @@ async def test_stream_input_client_stream(envd: Envd, rpc: Rpc) -> None:
                 out += unb64((await frames.event())["data"]["stdout"])
             rpc.call("process.Process/CloseStdin", {"process": {"pid": pid}})
             assert (await frames.event())["end"]["exitCode"] == 0
-    bad = await_stream_input_unknown(envd)
-    assert json.loads(bad)["error"]["code"] == "not_found"
-
-
-def await_stream_input_unknown(envd: Envd) -> bytes:
-    import httpx
-
-    reply = httpx.post(
-        envd.url + "/process.Process/StreamInput",
-        content=envelope({"start": {"process": {"pid": 999999}}}),
-        headers={**STREAM_HEADERS, "X-Access-Token": TOKEN},
-    )
-    frames = parse_frames(reply.content)
-    assert frames[-1][0] == 2
-    return json.dumps(frames[-1][1]).encode()
+        reply = await client.post(
+            "/process.Process/StreamInput",
+            content=envelope({"start": {"process": {"pid": 999999}}}),
+            headers=STREAM_HEADERS,
+        )
+    [(flags, last)] = parse_frames(reply.content)
+    assert flags == 2
+    assert last["error"]["code"] == "not_found"

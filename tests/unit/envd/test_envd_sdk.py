@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import time
@@ -18,7 +19,7 @@ from e2b.sandbox.commands.command_handle import CommandExitException, PtySize
 from e2b.sandbox.filesystem.filesystem import FileType, WriteEntry
 from e2b.sandbox.filesystem.watch_handle import FilesystemEventType
 
-from .envd_testlib import Sdk
+from .envd_testlib import TOKEN, Envd, Sdk
 
 
 def test_commands_run(sdk: Sdk) -> None:
@@ -156,7 +157,8 @@ def test_files_watch_dir(sdk: Sdk, workdir: Path) -> None:
             time.sleep(0.05)
         created = [e for e in events if e.type == FilesystemEventType.CREATE]
         assert created and created[0].name == "watched.txt"
-        assert created[0].entry is not None and created[0].entry.size == 1
+        assert created[0].entry is not None
+        assert created[0].entry.path == str(workdir / "watched.txt")
     finally:
         handle.stop()
 
@@ -176,3 +178,23 @@ def test_pty(sdk: Sdk) -> None:
     assert sdk.pty.kill(other.pid) is True
     with pytest.raises(CommandExitException):
         other.wait()
+
+
+async def test_async_sdk(envd: Envd, workdir: Path) -> None:
+    from e2b.api.client_async import get_envd_api
+    from e2b.connection_config import ConnectionConfig
+    from e2b.sandbox_async.commands.command import Commands
+    from e2b.sandbox_async.filesystem.filesystem import Filesystem
+    from packaging.version import Version
+
+    config = ConnectionConfig(extra_sandbox_headers={"X-Access-Token": TOKEN})
+    version = Version("0.6.4")
+    api = get_envd_api(config, envd.url)
+    commands = Commands(envd.url, config, version, api)
+    files = Filesystem(envd.url, version, config, api)
+    results = await asyncio.gather(*(commands.run(f"echo job-{i}") for i in range(5)))
+    assert [r.stdout for r in results] == [f"job-{i}\n" for i in range(5)]
+    path = str(workdir / "async.txt")
+    await files.write(path, "from async")
+    assert await files.read(path) == "from async"
+    assert [e.name for e in await files.list(str(workdir))] == ["async.txt"]

@@ -1,0 +1,159 @@
+"""Core benchmarks (issue: core platform), each next to a baseline measured
+in the same run:
+
+- create -> running through POST /v1/sandbox/ (answers once envd answers),
+  against a bare `runsc run` of the same rootfs until HTTP 200;
+- commands.run("true") through the gateway, against the same call straight
+  to envd and against `runsc exec /bin/true`;
+- host memory of idle sandboxes (sentry + gofer + envd).
+
+Run as root:  .venv/bin/python -m bench.bench_core [--creates 20] [--platform systrap]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from bench.baseline import BareRunsc
+from bench.stats import ms, summary
+from sbx import Sandbox
+from tests.integration.server import TEMPLATES, Server
+
+
+def pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def sandbox_memory(tag: str, sandbox_id: str) -> tuple[float, float]:
+    """(PSS of every host process of the sandbox, memcg usage), in MiB."""
+    cg = Path("/sys/fs/cgroup/memory") / f"sbx-{tag}" / sandbox_id
+    pids = {int(p) for p in (cg / "cgroup.procs").read_text().split()}
+    # The gofer runs outside the sandbox's cgroup: find it by its parent.
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if "gofer" in line and sandbox_id in line:
+            pids.add(int(line.split()[0]))
+    pss = sum(pss_kib(p) for p in pids) / 1024
+    usage = int((cg / "memory.usage_in_bytes").read_text()) / 2**20
+    return pss, usage
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--creates", type=int, default=20)
+    ap.add_argument("--execs", type=int, default=100)
+    ap.add_argument("--idle", type=int, default=10)
+    ap.add_argument("--platform", default="systrap")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    results: dict[str, object] = {"platform": args.platform}
+
+    work = Path(tempfile.mkdtemp(prefix="sbx-bench-", dir="/var/tmp"))
+    server = Server(work / "data", subnet="10.234.0.0/20",
+                    extra_env={"SBX_PLATFORM": args.platform})
+    rootfs = TEMPLATES / "base" / "rootfs"
+    try:
+        server.start()
+        key = server.new_org(f"bench-{uuid.uuid4().hex[:6]}")
+        server.admin("org", "create", "bench-idle", "--max-sandboxes", str(args.idle + 2))
+        idle_key = server.admin("key", "create", "--org", "bench-idle").strip().splitlines()[-1]
+        h = {"X-API-Key": key}
+
+        # Interleave baseline and sbx so that noise hits both alike.
+        bare, made = [], []
+        for i in range(args.creates):
+            b = BareRunsc(rootfs, work, i % 200)
+            try:
+                bare.append(b.boot(args.platform))
+            finally:
+                b.destroy()
+            t0 = time.perf_counter()
+            r = httpx.post(server.url + "/v1/sandbox/", headers=h, timeout=60,
+                           json={"template_name": "base", "vcpu": 1, "memory_mib": 512})
+            made.append(time.perf_counter() - t0)
+            assert r.status_code == 201, r.text
+            httpx.delete(f"{server.url}/v1/sandbox/{r.json()['id']}", headers=h, timeout=60)
+        results["create"] = {"sbx": summary(made), "bare_runsc_run": summary(bare)}
+
+        sb = Sandbox.create(api_url=server.url, api_key=key, vcpu=1, memory_mib=512)
+        b = BareRunsc(rootfs, work, 250)
+        try:
+            b.boot(args.platform)
+            via_gw, direct, rexec = [], [], []
+            direct_sb = Sandbox._for_envd(  # type: ignore[attr-defined]
+                f"http://{sb.get_info().internal_ip}:49983", sb.envd_access_token
+            ) if hasattr(Sandbox, "_for_envd") else None
+            for _ in range(5):
+                sb.commands.run("true")
+            for _ in range(args.execs):
+                t0 = time.perf_counter()
+                sb.commands.run("true")
+                via_gw.append(time.perf_counter() - t0)
+                if direct_sb is not None:
+                    t0 = time.perf_counter()
+                    direct_sb.commands.run("true")
+                    direct.append(time.perf_counter() - t0)
+            for _ in range(min(args.execs, 30)):
+                rexec.append(b.exec_true())
+            results["exec_true"] = {"sbx_gateway": summary(via_gw),
+                                    "runsc_exec": summary(rexec)}
+            if direct:
+                results["exec_true"]["sbx_direct_envd"] = summary(direct)  # type: ignore[index]
+        finally:
+            b.destroy()
+            sb.kill()
+
+        idle = [Sandbox.create(api_url=server.url, api_key=idle_key, vcpu=1, memory_mib=512)
+                for _ in range(args.idle)]
+        try:
+            time.sleep(3)
+            mem = [sandbox_memory(server.node_tag, s.sandbox_id) for s in idle]
+            results["idle_memory_mib"] = {
+                "pss_per_sandbox": summary([m[0] for m in mem]),
+                "memcg_per_sandbox": summary([m[1] for m in mem]),
+            }
+        finally:
+            for s in idle:
+                s.kill()
+    finally:
+        server.teardown()
+        subprocess.run(["rm", "-rf", str(work)])
+
+    c = results["create"]  # type: ignore[index]
+    print(f"platform {args.platform}, host CPUs {os.cpu_count()}")
+    print(f"create -> running   sbx p50 {ms(c['sbx']['p50'])} p95 {ms(c['sbx']['p95'])} | "
+          f"bare runsc run p50 {ms(c['bare_runsc_run']['p50'])} p95 "
+          f"{ms(c['bare_runsc_run']['p95'])} | ratio p50 "
+          f"{c['sbx']['p50'] / c['bare_runsc_run']['p50']:.2f}")
+    e = results["exec_true"]  # type: ignore[index]
+    line = (f"run('true')        gateway p50 {ms(e['sbx_gateway']['p50'])} p95 "
+            f"{ms(e['sbx_gateway']['p95'])} | runsc exec p50 {ms(e['runsc_exec']['p50'])} | "
+            f"ratio {e['sbx_gateway']['p50'] / e['runsc_exec']['p50']:.2f}")
+    if "sbx_direct_envd" in e:
+        line += f" | direct envd p50 {ms(e['sbx_direct_envd']['p50'])}"
+    print(line)
+    m = results["idle_memory_mib"]  # type: ignore[index]
+    print(f"idle memory/sandbox PSS p50 {m['pss_per_sandbox']['p50']:.1f} MiB "
+          f"(max {m['pss_per_sandbox']['max']:.1f}); memcg p50 "
+          f"{m['memcg_per_sandbox']['p50']:.1f} MiB, over {args.idle} sandboxes")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

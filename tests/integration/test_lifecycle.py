@@ -1,0 +1,111 @@
+"""Timeouts enforced by the server, and restart/crash safety with no leaks."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sbx import Sandbox
+from tests.integration.server import Server, leaks, mounts_of
+
+pytestmark = pytest.mark.integration
+BASE = {"template_name": "base", "vcpu": 1, "memory_mib": 512}
+
+
+def wait_for(pred, timeout: float, step: float = 0.25) -> bool:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return bool(pred())
+
+
+def test_timeout_deletes_and_reset_extends(api: httpx.Client) -> None:
+    a = api.post("/v1/sandbox/", json={**BASE, "timeout_min": 1}).json()
+    b = api.post("/v1/sandbox/", json={**BASE, "timeout_min": 1}).json()
+    t0 = time.monotonic()
+    time.sleep(40)
+    r = api.post(f"/v1/sandbox/{b['id']}/timeout", json={"timeout_min": 1})
+    assert r.status_code == 200
+    assert wait_for(lambda: api.get(f"/v1/sandbox/{a['id']}").json()["state"] == "deleted", 40)
+    elapsed = time.monotonic() - t0
+    assert 55 < elapsed < 70, elapsed
+    assert api.get(f"/v1/sandbox/{b['id']}").json()["state"] == "running"
+    assert api.delete(f"/v1/sandbox/{b['id']}").status_code == 200
+
+
+@pytest.fixture
+def own_server() -> Iterator[Server]:
+    server = Server(Path(f"/var/tmp/sbx-test-{uuid.uuid4().hex[:8]}"), subnet="10.233.16.0/22",
+                    extra_env={"SBX_RECONCILE_INTERVAL_S": "1"})
+    try:
+        server.start()
+        yield server
+    finally:
+        tag, data_dir = server.node_tag, server.data_dir
+        server.teardown()
+        assert leaks(tag) == {}
+        assert mounts_of(data_dir) == []
+
+
+def runsc_ids(server: Server) -> list[str]:
+    root = Path("/run/sbx") / server.node_tag / "runsc"
+    return subprocess.run(["runsc", "--root", str(root), "list", "-quiet"],
+                          capture_output=True, text=True).stdout.split()
+
+
+def test_restart_keeps_sandboxes_and_crash_leaks_nothing(own_server: Server) -> None:
+    key = own_server.api_key
+    sb = Sandbox.create(api_url=own_server.url, api_key=key, vcpu=1, memory_mib=512)
+    sb.files.write("/root/keep.txt", "still here")
+    sb.commands.run("nohup bash -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/n; "
+                    "sleep 0.1; done' >/dev/null 2>&1 &", timeout=10)
+    for how in (signal.SIGTERM, signal.SIGKILL):
+        own_server.stop(how)
+        assert sb.sandbox_id in runsc_ids(own_server)
+        own_server.start()
+        again = Sandbox.connect(sb.sandbox_id, api_url=own_server.url, api_key=key)
+        assert again.files.read("/root/keep.txt") == "still here"
+        n1 = int(again.commands.run("cat /tmp/n").stdout)
+        time.sleep(0.5)
+        assert int(again.commands.run("cat /tmp/n").stdout) > n1
+    # A sandbox whose runtime vanished behind the server's back is marked.
+    root = Path("/run/sbx") / own_server.node_tag / "runsc"
+    subprocess.run(["runsc", "--root", str(root), "kill", sb.sandbox_id, "KILL"], check=True)
+    h = {"X-API-Key": key}
+    url = f"{own_server.url}/v1/sandbox/{sb.sandbox_id}"
+    assert wait_for(lambda: httpx.get(url, headers=h).json()["state"] == "deleted", 10)
+    assert wait_for(lambda: leaks(own_server.node_tag) == {}, 10), leaks(own_server.node_tag)
+
+
+def test_crash_during_create_leaks_nothing(own_server: Server) -> None:
+    key = own_server.api_key
+    h = {"X-API-Key": key}
+    results: list[object] = []
+
+    def create() -> None:
+        try:
+            results.append(httpx.post(own_server.url + "/v1/sandbox/", json=BASE, headers=h,
+                                      timeout=30))
+        except httpx.HTTPError as exc:
+            results.append(exc)
+
+    t = threading.Thread(target=create)
+    t.start()
+    # Kill the server while the sandbox is being set up.
+    assert wait_for(lambda: bool(leaks(own_server.node_tag)), 10, step=0.01)
+    own_server.stop(signal.SIGKILL)
+    t.join()
+    assert isinstance(results[0], httpx.HTTPError)
+    own_server.start()
+    assert wait_for(lambda: leaks(own_server.node_tag) == {}, 10), leaks(own_server.node_tag)
+    assert httpx.get(own_server.url + "/v1/sandbox/", headers=h).json() == []
