@@ -27,7 +27,6 @@ class Settings(BaseSettings):
     envd_port: int = 49983
     envd_ready_timeout_s: float = 30.0
     default_disk_mib: int = 2048
-    max_sandboxes_default: int = 3
     reconcile_interval_s: float = 30.0
     timeout_check_interval_s: float = 1.0
     # Memory given to gVisor on the host beyond memory_mib: the sentry, the

@@ -56,7 +56,7 @@ class Platform:
         async with self.db.transaction() as s:
             if await repo.first_org(s) is not None:
                 return
-            await accounts.create_org(s, DEFAULT_ORG, self.settings.max_sandboxes_default)
+            await accounts.create_org(s, DEFAULT_ORG)
             key = await accounts.create_key(s, DEFAULT_ORG)
         path = self.settings.data_dir / "api-key"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Depends, Request
 
 from sbx.core import accounts
 from sbx.platform import Platform
@@ -29,3 +31,7 @@ async def org(request: Request) -> Org:
     p = platform(request)
     async with p.db.session() as s:
         return await accounts.authenticate(s, api_key(request))
+
+
+# The calling organisation, for route signatures.
+Caller = Annotated[Org, Depends(org)]

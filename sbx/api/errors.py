@@ -11,15 +11,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from sbx.core.errors import FieldError, InvalidRequest, RateLimited, SbxError
+from sbx.core.errors import FieldError, InvalidRequest, RateLimited, SbxError, Unavailable
 
 log = logging.getLogger(__name__)
 
 
-def render(request: Request, status: int, message: str, exc: SbxError | None = None) -> JSONResponse:
+def render(
+    request: Request, status: int, message: str, exc: SbxError | None = None
+) -> JSONResponse:
     headers: dict[str, str] = {}
     if isinstance(exc, RateLimited):
         headers["Retry-After"] = str(exc.retry_after)
+        if not exc.should_retry:
+            headers["Should-Retry"] = "false"
+    if isinstance(exc, Unavailable):
+        # A failed start is not worth three more sandboxes' worth of retries.
+        headers["Should-Retry"] = "false"
     if request.url.path.startswith("/v1/"):
         body: dict[str, object] = {"message": message}
         if isinstance(exc, InvalidRequest):

@@ -229,21 +229,32 @@ def exec_(
     are a command and its arguments, quoted for you (`exec ID -- ls -la /`).
     """
     cmd = command[0] if len(command) == 1 else shlex.join(command)
+    envs = _parse_env(env)
     sbx = Sandbox.connect(sandbox_id, api_url=conn.api_url, api_key=conn.api_key)
     try:
-        result = sbx.commands.run(
+        # In the background so that Ctrl-C here can kill it there, instead of
+        # leaving it running in the sandbox.
+        handle = sbx.commands.run(
             cmd,
             on_stdout=lambda text: click.echo(text, nl=False),
             on_stderr=lambda text: click.echo(text, nl=False, err=True),
-            envs=_parse_env(env),
+            background=True,
+            stdin=False,
+            envs=envs,
             cwd=cwd,
             user=user,
             timeout=timeout,
         )
+        try:
+            result = handle.wait()
+        except KeyboardInterrupt:
+            handle.kill()
+            raise click.exceptions.Exit(130) from None
     finally:
         sbx.close()
-    if result.exit_code != 0 and result.error and not result.stderr:
-        click.echo(f"error: {result.error}", err=True)
+    if result.exit_code < 0:
+        # Killed by a signal: there is no exit code to tell it by.
+        click.echo(f"error: command ended: {result.error or 'no exit code'}", err=True)
     raise click.exceptions.Exit(_exit_status(result.exit_code))
 
 

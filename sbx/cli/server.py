@@ -7,14 +7,18 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from sbx.config import Settings
 
+T = TypeVar("T")
 
-def _settings(**kw: object) -> Settings:
+
+def _settings(**kw: Any) -> Settings:
     return Settings(**{k: v for k, v in kw.items() if v is not None})
 
 
@@ -34,7 +38,9 @@ def server(host: str | None, port: int | None, data_dir: Path | None, log_level:
     if os.geteuid() != 0:
         raise click.ClickException("sbx server must run as root (it manages gVisor, netns, nft)")
     settings = _settings(host=host, port=port, data_dir=data_dir)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     url = settings.public_url or f"http://{settings.host}:{settings.port}"
 
     def progress(line: str) -> None:
@@ -65,25 +71,37 @@ def server(host: str | None, port: int | None, data_dir: Path | None, log_level:
 
 @click.group("admin")
 def admin() -> None:
-    """Organisations and API keys (on this machine's data dir)."""
+    """Organisations, keys, tiers and wallets (on this machine's data dir)."""
 
 
-def _data_dir_option(f: object) -> object:
-    return click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-                        help="The server's data dir (/var/lib/sbx).")(f)  # type: ignore[arg-type]
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=None,
+    help="The server's data dir (/var/lib/sbx).",
+)
 
 
-async def _with_db(settings: Settings, fn: object) -> object:
+def in_db(data_dir: Path | None, fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Run fn(session) in one transaction on the data dir's database, with
+    the schema brought up to date first; domain errors become one line."""
+    from sbx.core.errors import SbxError
     from sbx.store.db import Database
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.db_url)
-    await db.migrate()
+    settings = _settings(data_dir=data_dir)
+
+    async def go() -> T:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.db_url)
+        await db.migrate()
+        try:
+            async with db.transaction() as s:
+                return await fn(s)
+        finally:
+            await db.close()
+
     try:
-        async with db.transaction() as s:
-            return await fn(s)  # type: ignore[operator]
-    finally:
-        await db.close()
+        return asyncio.run(go())
+    except (SbxError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @admin.group("org")
@@ -93,26 +111,34 @@ def org() -> None:
 
 @org.command("create")
 @click.argument("name")
-@click.option("--max-sandboxes", type=int, default=None)
-@_data_dir_option  # type: ignore[arg-type]
-def org_create(name: str, max_sandboxes: int | None, data_dir: Path | None) -> None:
+@click.option("--tier", default="default", show_default=True)
+@data_dir_option
+def org_create(name: str, tier: str, data_dir: Path | None) -> None:
     """Create organisation NAME and print a new API key for it."""
     from sbx.core import accounts
-    from sbx.core.errors import SbxError
 
-    settings = _settings(data_dir=data_dir)
-    limit = max_sandboxes if max_sandboxes is not None else settings.max_sandboxes_default
+    async def go(s: Any) -> str:
+        await accounts.create_org(s, name, tier=tier)
+        return await accounts.create_key(s, name)
 
-    async def go(s: object) -> str:
-        await accounts.create_org(s, name, limit)  # type: ignore[arg-type]
-        return await accounts.create_key(s, name)  # type: ignore[arg-type]
+    key = in_db(data_dir, go)
+    click.echo(f"Created organisation {name!r} (tier {tier!r}). API key:")
+    click.echo(key)
 
-    try:
-        key = asyncio.run(_with_db(settings, go))
-    except (SbxError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"Created organisation {name!r}. API key:")
-    click.echo(str(key))
+
+@org.command("set")
+@click.argument("name")
+@click.option("--tier", default=None, help="Move the organisation to this tier.")
+@data_dir_option
+def org_set(name: str, tier: str | None, data_dir: Path | None) -> None:
+    """Change an organisation."""
+    from sbx.core import accounts
+
+    async def go(s: Any) -> None:
+        await accounts.set_org(s, name, tier=tier)
+
+    in_db(data_dir, go)
+    click.echo(f"Updated organisation {name!r}.")
 
 
 @admin.group("key")
@@ -122,27 +148,104 @@ def key() -> None:
 
 @key.command("create")
 @click.option("--org", "org_name", required=True, help="Organisation name.")
-@_data_dir_option  # type: ignore[arg-type]
+@data_dir_option
 def key_create(org_name: str, data_dir: Path | None) -> None:
     """Create and print a new API key for an organisation."""
     from sbx.core import accounts
-    from sbx.core.errors import SbxError
 
-    settings = _settings(data_dir=data_dir)
+    async def go(s: Any) -> str:
+        return await accounts.create_key(s, org_name)
 
-    async def go(s: object) -> str:
-        return await accounts.create_key(s, org_name)  # type: ignore[arg-type]
-
-    try:
-        new = asyncio.run(_with_db(settings, go))
-    except SbxError as exc:
-        raise click.ClickException(str(exc)) from None
+    new = in_db(data_dir, go)
     click.echo(f"New API key for {org_name!r}:")
-    click.echo(str(new))
+    click.echo(new)
+
+
+@admin.group("tier")
+def tier() -> None:
+    """Tiers: the limits organisations live within."""
+
+
+_TIER_FIELDS = ("max_sandboxes", "max_vcpu", "max_memory_mib", "max_disk_mib",
+                "max_session_s", "creates_per_minute")
+
+
+def _tier_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for name in reversed(_TIER_FIELDS):
+        f = click.option(f"--{name.replace('_', '-')}", name, type=int, default=None)(f)
+    return f
+
+
+@tier.command("set")
+@click.argument("name")
+@_tier_options
+@click.option("--no-session-limit", is_flag=True, help="Remove the session-duration limit.")
+@data_dir_option
+def tier_set(name: str, no_session_limit: bool, data_dir: Path | None, **limits: int | None
+             ) -> None:
+    """Create tier NAME or change its limits (unset options keep their value;
+    a new tier starts from the default tier's)."""
+    from sbx.core import accounts
+
+    async def go(s: Any) -> dict[str, Any]:
+        return await accounts.set_tier(s, name, no_session_limit=no_session_limit, **limits)
+
+    row = in_db(data_dir, go)
+    click.echo(" ".join(f"{k}={v}" for k, v in row.items()))
+
+
+@tier.command("list")
+@data_dir_option
+def tier_list(data_dir: Path | None) -> None:
+    """Show every tier."""
+    from sbx.core import accounts
+
+    rows = in_db(data_dir, accounts.list_tiers)
+    for row in rows:
+        click.echo(" ".join(f"{k}={v}" for k, v in row.items()))
+
+
+@admin.group("wallet")
+def wallet() -> None:
+    """Wallet balances (metering arrives later; a balance of 0 refuses creates)."""
+
+
+@wallet.command("set")
+@click.argument("org_name")
+@click.option("--wallet", "which", type=click.Choice(["sandbox", "guardrails"]), required=True)
+@click.argument("amount")
+@data_dir_option
+def wallet_set(org_name: str, which: str, amount: str, data_dir: Path | None) -> None:
+    """Set ORG_NAME's wallet to AMOUNT, or to `off` (not metered)."""
+    from sbx.core import accounts
+
+    value = None if amount == "off" else float(amount)
+
+    async def go(s: Any) -> None:
+        await accounts.set_wallet(s, org_name, which, value)
+
+    in_db(data_dir, go)
+    click.echo(f"{org_name}: {which} wallet = {amount}")
+
+
+@wallet.command("topup")
+@click.argument("org_name")
+@click.argument("amount", type=float)
+@click.option("--wallet", "which", type=click.Choice(["sandbox", "guardrails"]),
+              default="sandbox", show_default=True)
+@data_dir_option
+def wallet_topup(org_name: str, amount: float, which: str, data_dir: Path | None) -> None:
+    """Add AMOUNT to ORG_NAME's wallet."""
+    from sbx.core import accounts
+
+    async def go(s: Any) -> float:
+        return await accounts.topup(s, org_name, which, amount)
+
+    click.echo(f"{org_name}: {which} wallet = {in_db(data_dir, go)}")
 
 
 @admin.command("teardown")
-@_data_dir_option  # type: ignore[arg-type]
+@data_dir_option
 def teardown(data_dir: Path | None) -> None:
     """Remove every host resource of this data dir's sandboxes (runsc
     containers, netns, veths, disks, cgroups, the nft table) and mark them
@@ -153,13 +256,12 @@ def teardown(data_dir: Path | None) -> None:
 
     settings = _settings(data_dir=data_dir)
 
-    async def go(s: object) -> int:
-        agent = NodeAgent(settings)
-        await agent.shutdown_all()
-        rows = await repo.sandboxes(s, None, LIVE)  # type: ignore[arg-type]
+    async def go(s: Any) -> int:
+        await NodeAgent(settings).shutdown_all()
+        rows = await repo.sandboxes(s, None, LIVE)
         for row in rows:
-            await repo.set_state(s, row.id, row.state, "deleted", "teardown")  # type: ignore[arg-type]
+            await repo.set_state(s, row.id, row.state, "deleted", "teardown")
         return len(rows)
 
-    n = asyncio.run(_with_db(settings, go))
+    n = in_db(data_dir, go)
     click.echo(f"Removed host resources; {n} sandboxes marked deleted.")

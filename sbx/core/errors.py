@@ -9,6 +9,7 @@ API renders it in the error shape of the surface that was called.
     ├── NotFound (404)
     ├── Conflict (409)            limits on seed 000, illegal state changes
     ├── RateLimited (429)         carries retry_after
+    ├── NotSupported (501)        a capability this server lacks
     └── Unavailable (503)         the runtime could not start the sandbox
 """
 
@@ -62,10 +63,17 @@ class Conflict(SbxError):
 class RateLimited(SbxError):
     status = 429
 
-    def __init__(self, message: str, retry_after: int) -> None:
+    def __init__(self, message: str, retry_after: int, should_retry: bool = True) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        # False when waiting alone will not help (a concurrency limit): the
+        # E2B SDK honours `Should-Retry: false` and does not retry.
+        self.should_retry = should_retry
 
 
 class Unavailable(SbxError):
     status = 503
+
+
+class NotSupported(SbxError):
+    status = 501

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sbx.config import Settings
-from sbx.core import ids
+from sbx.core import ids, limits
 from sbx.core.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable
 from sbx.core.lifecycle import LIVE, SandboxState
 from sbx.core.policy import NetworkPolicy, default_policy
@@ -37,7 +37,16 @@ class CreateSpec:
     auto_pause: bool = False
     network_policy: NetworkPolicy = field(default_factory=default_policy)
     env_vars: dict[str, str] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Which surface made it ("v1", "sandboxes", "e2b"): it decides how the
+    # sandbox reads after its end (seed 002 shows `killed`, E2B a 404).
+    surface: str = "v1"
+    metadata: dict[str, str] = field(default_factory=dict)
+    on_timeout: str = "kill"
+    security: dict[str, Any] | None = None
+    guardrails: bool = False
+    # Seed 002 refuses a session longer than the tier allows; seed 000's
+    # timeout_min is bounded by the seed itself.
+    check_session: bool = False
     # Which request field names the template, for the error of an unknown one.
     template_field: str = "template_name"
 
@@ -76,12 +85,14 @@ class SandboxService:
         async with self._org_locks[org_id], self._slot_lock, self.db.transaction() as s:
             org = await repo.org_by_id(s, org_id)
             assert org is not None
-            live = await repo.count_in_states(s, org_id, LIVE)
-            if live >= org.max_sandboxes:
-                raise Conflict(
-                    f"Sandbox limit reached: the organization already has {live} "
-                    f"sandboxes (maximum {org.max_sandboxes})"
-                )
+            tier = await limits.tier_of(s, org)
+            want = limits.template_request(
+                tpl, spec.vcpu, spec.memory_mib, spec.timeout_s, spec.guardrails
+            )
+            limits.check_size(tier, want, spec.check_session)
+            limits.check_wallets(org, want)
+            await limits.check_concurrency(s, org, tier)
+            await limits.take_create_slot(s, org, tier)
             slot = self.agent.pool.first_free(await repo.used_slots(s, LIVE))
             created = repo.now()
             row = Sandbox(
@@ -89,7 +100,9 @@ class SandboxService:
                 vcpu=spec.vcpu or tpl.vcpu, memory_mib=spec.memory_mib or tpl.memory_mib,
                 disk_mib=tpl.disk_mib, auto_pause=spec.auto_pause, timeout_s=spec.timeout_s,
                 timeout_at=None, network_policy=spec.network_policy.model_dump(mode="json"),
-                env_vars=dict(spec.env_vars), extra=dict(spec.extra),
+                env_vars=dict(spec.env_vars),
+                extra={"surface": spec.surface, "metadata": dict(spec.metadata),
+                       "on_timeout": spec.on_timeout, "security": spec.security},
                 envd_token=ids.token(), proxy_token=ids.token("spt_"), ip_slot=slot,
                 created_at=created,
             )
@@ -187,7 +200,7 @@ class SandboxService:
             due = await repo.due_for_timeout(s, repo.now(), [S.RUNNING])
         for sandbox_id in due:
             row = await self.get(None, sandbox_id)
-            final = S.KILLED if row.extra.get("surface") == "sandboxes" else S.DELETED
+            final = S.KILLED if row.extra.get("surface") != "v1" else S.DELETED
             try:
                 await self.delete(None, sandbox_id, final, "timeout")
             except Exception:
@@ -209,7 +222,7 @@ class SandboxService:
         for r in rows:
             if r.id in dead and r.state in (S.RUNNING, S.DELETING):
                 log.warning("sandbox %s is gone from the host; marking it", r.id)
-                final = S.KILLED if r.extra.get("surface") == "sandboxes" else S.DELETED
+                final = S.KILLED if r.extra.get("surface") != "v1" else S.DELETED
                 try:
                     await self.delete(None, r.id, final, "lost: runtime not running")
                 except Exception:

@@ -6,21 +6,15 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sbx.core.errors import NotFound
 from sbx.core.lifecycle import SandboxState
 from sbx.core.sandboxes import SandboxService
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _HOST_RE = re.compile(r"^(\d{1,5})-(sbx-[a-z0-9]{8})\.")
 _HOP = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 import os
 from collections.abc import Mapping
@@ -61,6 +62,13 @@ def envd_headers(sandbox_id: str, access_token: str | None) -> dict[str, str]:
     if access_token:
         headers["X-Access-Token"] = access_token
     return headers
+
+
+def envd_user_header(user: str | None) -> dict[str, str]:
+    """envd takes the user to act as from HTTP Basic auth with an empty password."""
+    if not user:
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:".encode()).decode()}
 
 
 def timeout_minutes(seconds: float) -> int:

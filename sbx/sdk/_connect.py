@@ -32,6 +32,9 @@ MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 # so a stream that stays silent for a few intervals is dead.
 KEEPALIVE_INTERVAL_S = 15
 KEEPALIVE_HEADER = "Keepalive-Ping-Interval"
+# Silence longer than this on a stream means the connection is dead; it does
+# not bound the call (Connect-Timeout-Ms does), so it ignores request_timeout.
+STREAM_IDLE_TIMEOUT = 4.0 * KEEPALIVE_INTERVAL_S
 _HEADER = struct.Struct(">BI")
 
 
@@ -52,10 +55,7 @@ def timeout_header(timeout: float | None) -> dict[str, str]:
 
 
 def unary_request(
-    procedure: str,
-    message: Mapping[str, Any],
-    headers: Mapping[str, str] | None = None,
-    timeout: float | None = None,
+    procedure: str, message: Mapping[str, Any], headers: Mapping[str, str] | None = None
 ) -> Request:
     return Request(
         "POST",
@@ -66,7 +66,6 @@ def unary_request(
             **(headers or {}),
         },
         content=encode_message(message),
-        timeout=timeout,
     )
 
 
@@ -87,6 +86,7 @@ def stream_request(
             **(headers or {}),
         },
         content=encode_envelope(message),
+        timeout=STREAM_IDLE_TIMEOUT,
     )
 
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import httpx
 
+from sbx.sdk._config import envd_user_header
 from sbx.sdk._connect import Message, unary
 from sbx.sdk._exceptions import ConflictError, NotFoundError, ServerError
 from sbx.sdk._models import EntryInfo, FileType, WriteInfo
 from sbx.sdk._ops import Op, Request, raise_for_status
-from sbx.sdk._process import user_header
 
 SERVICE = "/filesystem.Filesystem/"
 FILES_PATH = "/files"
@@ -81,11 +81,12 @@ def list_dir(path: str, depth: int = 1, user: str | None = None) -> Op[list[Entr
         # An unknown type (a socket, a device) is not something callers can act on.
         return [e for e in entries if e.type is not None]
 
-    return unary(SERVICE + "ListDir", {"path": path, "depth": depth}, result, user_header(user))
+    message = {"path": path, "depth": depth}
+    return unary(SERVICE + "ListDir", message, result, envd_user_header(user))
 
 
 def stat(path: str, user: str | None = None) -> Op[EntryInfo]:
-    return unary(SERVICE + "Stat", {"path": path}, _entry, user_header(user))
+    return unary(SERVICE + "Stat", {"path": path}, _entry, envd_user_header(user))
 
 
 def exists(path: str, user: str | None = None) -> Op[bool]:
@@ -103,7 +104,7 @@ def exists(path: str, user: str | None = None) -> Op[bool]:
 
 def make_dir(path: str, user: str | None = None) -> Op[bool]:
     """True when created, False when it was already there."""
-    inner = unary(SERVICE + "MakeDir", {"path": path}, lambda _: True, user_header(user))
+    inner = unary(SERVICE + "MakeDir", {"path": path}, lambda _: True, envd_user_header(user))
 
     def parse(response: httpx.Response) -> bool:
         try:
@@ -119,12 +120,12 @@ def move(source: str, destination: str, user: str | None = None) -> Op[EntryInfo
         SERVICE + "Move",
         {"source": source, "destination": destination},
         _entry,
-        user_header(user),
+        envd_user_header(user),
     )
 
 
 def remove(path: str, user: str | None = None) -> Op[None]:
-    return unary(SERVICE + "Remove", {"path": path}, lambda _: None, user_header(user))
+    return unary(SERVICE + "Remove", {"path": path}, lambda _: None, envd_user_header(user))
 
 
 def _entry(message: Message) -> EntryInfo:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import httpx
 
+from sbx.sdk._config import envd_user_header
 from sbx.sdk._connect import Message, stream_request, unary
 from sbx.sdk._exceptions import (
     CommandExitError,
@@ -34,13 +35,6 @@ Stream = Literal["stdout", "stderr", "pty"]
 # --- requests -----------------------------------------------------------------
 
 
-def user_header(user: str | None) -> dict[str, str]:
-    """envd takes the user to act as from HTTP Basic auth with an empty password."""
-    if not user:
-        return {}
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:".encode()).decode()}
-
-
 def start(
     cmd: str,
     *,
@@ -56,7 +50,7 @@ def start(
     return stream_request(
         SERVICE + "Start",
         {"process": process, "stdin": stdin},
-        headers=user_header(user),
+        headers=envd_user_header(user),
         timeout=timeout,
     )
 
@@ -76,7 +70,7 @@ def start_pty(
     return stream_request(
         SERVICE + "Start",
         {"process": process, "pty": {"size": {"cols": cols, "rows": rows}}},
-        headers=user_header(user),
+        headers=envd_user_header(user),
         timeout=timeout,
     )
 

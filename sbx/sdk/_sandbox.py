@@ -12,7 +12,7 @@ from typing import Any, Self
 
 from sbx.sdk import _control as control
 from sbx.sdk._commands import AsyncCommands, Commands
-from sbx.sdk._config import ConnectionConfig, envd_headers
+from sbx.sdk._config import REQUEST_TIMEOUT, ConnectionConfig, envd_headers
 from sbx.sdk._exceptions import NotFoundError
 from sbx.sdk._files import AsyncFiles, Files
 from sbx.sdk._models import SandboxInfo
@@ -148,11 +148,15 @@ class Sandbox(_SandboxBase):
 
     @classmethod
     def _for_envd(
-        cls, envd_url: str, access_token: str | None, sandbox_id: str = "local"
+        cls,
+        envd_url: str,
+        access_token: str | None,
+        sandbox_id: str = "local",
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> Sandbox:
         """Internal: talk to an envd directly, without a server (tests, tools)."""
         headers = {"X-Access-Token": access_token} if access_token else {}
-        transport = Transport(None, Endpoint(envd_url.rstrip("/"), headers), None)
+        transport = Transport(None, Endpoint(envd_url.rstrip("/"), headers), request_timeout)
         return cls(sandbox_id, access_token, transport)
 
     def get_info(self) -> SandboxInfo:
@@ -268,10 +272,14 @@ class AsyncSandbox(_SandboxBase):
 
     @classmethod
     def _for_envd(
-        cls, envd_url: str, access_token: str | None, sandbox_id: str = "local"
+        cls,
+        envd_url: str,
+        access_token: str | None,
+        sandbox_id: str = "local",
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> AsyncSandbox:
         headers = {"X-Access-Token": access_token} if access_token else {}
-        transport = AsyncTransport(None, Endpoint(envd_url.rstrip("/"), headers), None)
+        transport = AsyncTransport(None, Endpoint(envd_url.rstrip("/"), headers), request_timeout)
         return cls(sandbox_id, access_token, transport)
 
     async def get_info(self) -> SandboxInfo:

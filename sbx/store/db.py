@@ -35,16 +35,32 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _migration_connect(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None
+    dbapi_conn.execute("PRAGMA foreign_keys=OFF")
+
+
 def migrate(url: str) -> None:
     """Bring the schema to the newest revision (blocking; run in a thread)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(_MIGRATIONS))
     engine = create_engine(_sync_url(url))
-    if engine.dialect.name == "sqlite":
+    sqlite = engine.dialect.name == "sqlite"
+    if sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
+        # SQLite alters a table by copying it: foreign keys must be off
+        # meanwhile (outside the transaction), and are checked afterwards.
+        event.listen(engine, "connect", _migration_connect)
+        # pysqlite would run DDL outside any transaction; with our own BEGIN
+        # a migration that fails half-way leaves nothing half-done.
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+        if sqlite:
+            bad = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if bad:
+                raise RuntimeError(f"migration broke foreign keys: {bad[:5]}")
     engine.dispose()
 
 

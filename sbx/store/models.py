@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Dialect, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -32,13 +32,44 @@ class Base(DeclarativeBase):
     pass
 
 
+class Tier(Base):
+    """Limits an organisation lives within. NULL: no limit."""
+
+    __tablename__ = "tiers"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    max_sandboxes: Mapped[int] = mapped_column(Integer)
+    max_vcpu: Mapped[int] = mapped_column(Integer)
+    max_memory_mib: Mapped[int] = mapped_column(Integer)
+    max_disk_mib: Mapped[int] = mapped_column(Integer)
+    max_session_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    creates_per_minute: Mapped[int] = mapped_column(Integer)
+
+
 class Org(Base):
     __tablename__ = "orgs"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    # Kept for organisations made before tiers; the tier's limit applies.
     max_sandboxes: Mapped[int] = mapped_column(Integer)
+    tier: Mapped[str] = mapped_column(ForeignKey("tiers.name"), default="default")
+    # Wallet balances; NULL: not metered (never refuses).
+    sandbox_balance: Mapped[float | None] = mapped_column(Float, nullable=True)
+    guardrails_balance: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CreateLog(Base):
+    """One row per accepted create: the per-minute create rate is counted
+    here, so it holds across restarts and concurrent requests."""
+
+    __tablename__ = "create_log"
+    __table_args__ = (Index("ix_create_log_org_at", "org_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(String(40))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class ApiKey(Base):

@@ -62,7 +62,7 @@ async def used_slots(s: AsyncSession, states: Iterable[str]) -> set[int]:
     q = select(Sandbox.ip_slot).where(
         Sandbox.state.in_(list(states)), Sandbox.ip_slot.is_not(None)
     )
-    return {int(v) for v in (await s.execute(q)).scalars()}
+    return {int(v) for v in (await s.execute(q)).scalars() if v is not None}
 
 
 async def sandbox(s: AsyncSession, sandbox_id: str) -> Sandbox | None:

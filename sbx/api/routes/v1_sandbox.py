@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from typing import Any
+
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from sbx.api.deps import org, platform
+from sbx.api.deps import Caller, platform
 from sbx.api.schemas.v1 import CreateSandbox, SandboxOut, SetTimeout
-from sbx.api.validation import parse
 from sbx.core.lifecycle import SandboxState
 from sbx.core.policy import NetworkPolicy, default_policy
 from sbx.core.sandboxes import CreateSpec
-from sbx.store.models import Org, Sandbox
+from sbx.core.validation import parse
+from sbx.store.models import Sandbox
 
 router = APIRouter(prefix="/v1/sandbox", tags=["sandbox (v1)"])
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Validation error: {message, errors: [{field, error}]}"},
     401: {"description": "Invalid or missing API key: {message}"},
     409: {"description": "Sandbox limit reached: {message}"},
@@ -41,7 +43,7 @@ def out(row: Sandbox, with_token: bool = True) -> dict[str, object]:
 
 
 @router.post("/", status_code=201, responses=ERRORS, response_model=SandboxOut)
-async def create(request: Request, caller: Org = Depends(org)) -> JSONResponse:
+async def create(request: Request, caller: Caller) -> JSONResponse:
     req = parse(CreateSandbox, await request.body())
     spec = CreateSpec(
         template=req.template_name,
@@ -51,14 +53,14 @@ async def create(request: Request, caller: Org = Depends(org)) -> JSONResponse:
         auto_pause=req.auto_pause,
         network_policy=req.network_policy or default_policy(),
         env_vars=req.env_vars,
-        extra={"surface": "v1"},
+        surface="v1",
     )
     row = await platform(request).sandboxes.create(caller.id, spec)
     return JSONResponse(out(row), status_code=201)
 
 
 @router.get("/", responses=ERRORS, response_model=list[SandboxOut])
-async def list_(request: Request, caller: Org = Depends(org), state: str | None = None
+async def list_(request: Request, caller: Caller, state: str | None = None
                 ) -> list[dict[str, object]]:
     states = [s for s in state.split(",") if s] if state else [
         s for s in SandboxState if s not in (SandboxState.DELETED, SandboxState.KILLED)
@@ -68,18 +70,18 @@ async def list_(request: Request, caller: Org = Depends(org), state: str | None 
 
 
 @router.get("/{sandbox_id}", responses=ERRORS, response_model=SandboxOut)
-async def get(sandbox_id: str, request: Request, caller: Org = Depends(org)) -> dict[str, object]:
+async def get(sandbox_id: str, request: Request, caller: Caller) -> dict[str, object]:
     return out(await platform(request).sandboxes.get(caller.id, sandbox_id))
 
 
 @router.delete("/{sandbox_id}", responses=ERRORS, response_model=SandboxOut)
-async def delete(sandbox_id: str, request: Request, caller: Org = Depends(org)
+async def delete(sandbox_id: str, request: Request, caller: Caller
                  ) -> dict[str, object]:
     return out(await platform(request).sandboxes.delete(caller.id, sandbox_id), with_token=False)
 
 
 @router.post("/{sandbox_id}/timeout", responses=ERRORS, response_model=SandboxOut)
-async def set_timeout(sandbox_id: str, request: Request, caller: Org = Depends(org)
+async def set_timeout(sandbox_id: str, request: Request, caller: Caller
                       ) -> dict[str, object]:
     p = platform(request)
     await p.sandboxes.get(caller.id, sandbox_id)
