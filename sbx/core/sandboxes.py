@@ -112,6 +112,9 @@ class SandboxService:
             id=sandbox_id, rootfs=Path(tpl.rootfs), slot=slot, vcpu=row.vcpu,
             memory_mib=row.memory_mib, disk_mib=row.disk_mib, env=row.env_vars,
             envd_token=row.envd_token,
+            # E2B's sandboxes run commands as `user` (home /home/user) unless
+            # told otherwise; code written for them expects it.
+            init={"defaultUser": "user"} if spec.surface == "e2b" else None,
         )
         try:
             await asyncio.shield(self.agent.start(plan))

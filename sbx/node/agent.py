@@ -11,6 +11,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sbx.config import Settings
 from sbx.node import disk, envd_probe
@@ -36,6 +37,8 @@ class SandboxPlan:
     disk_mib: int
     env: dict[str, str]
     envd_token: str
+    # Given to envd's /init once it answers (e.g. {"defaultUser": "user"}).
+    init: dict[str, Any] | None = None
 
 
 class StartFailed(Exception):
@@ -124,6 +127,10 @@ class NodeAgent:
             await envd_probe.wait_ready(
                 addr.sandbox_ip, self.settings.envd_port, self.settings.envd_ready_timeout_s
             )
+            if plan.init:
+                await envd_probe.post_init(
+                    addr.sandbox_ip, self.settings.envd_port, plan.envd_token, plan.init
+                )
         except BaseException as exc:
             log.warning("sandbox %s failed to start: %s", plan.id, exc)
             await asyncio.shield(self.stop(plan.id))

@@ -4,7 +4,9 @@ the create path, and an HTTP client library costs more than the request."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from typing import Any
 
 
 async def health(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -20,6 +22,28 @@ async def health(host: str, port: int, timeout: float = 1.0) -> bool:
         return len(parts) >= 2 and parts[1] in (b"200", b"204")
     except (OSError, TimeoutError):
         return False
+    finally:
+        writer.close()
+
+
+async def post_init(host: str, port: int, token: str, body: dict[str, Any]) -> None:
+    """POST /init to envd: settings that apply after boot (default user,
+    and after a restore from a shared snapshot, the sandbox's identity)."""
+    data = json.dumps(body).encode()
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+    try:
+        writer.write(
+            b"POST /init HTTP/1.1\r\nHost: envd\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\n"
+            + f"X-Access-Token: {token}\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), 5)
+        parts = line.split()
+        if len(parts) < 2 or parts[1] not in (b"200", b"204"):
+            rest = await asyncio.wait_for(reader.read(2000), 5)
+            raise RuntimeError(f"envd /init answered {line!r}: {rest!r}")
     finally:
         writer.close()
 
