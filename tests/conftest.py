@@ -13,6 +13,7 @@ import pytest
 
 from tests.integration.server import Server, leaks, mounts_of
 
+
 @pytest.fixture(scope="session")
 def sbx_server() -> Iterator[Server]:
     if os.geteuid() != 0:

@@ -124,8 +124,12 @@ class NodeAgent:
                 cpuset=self.cpuset(plan.vcpu, plan.slot),
             )
             await self.runtime.start(launch)
+            async def alive() -> bool:
+                return await self.runtime.state(plan.id) == RuntimeState.RUNNING
+
             await envd_probe.wait_ready(
-                addr.sandbox_ip, self.settings.envd_port, self.settings.envd_ready_timeout_s
+                addr.sandbox_ip, self.settings.envd_port, self.settings.envd_ready_timeout_s,
+                alive,
             )
             if plan.init:
                 await envd_probe.post_init(

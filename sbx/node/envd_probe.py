@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 
@@ -48,13 +49,25 @@ async def post_init(host: str, port: int, token: str, body: dict[str, Any]) -> N
         writer.close()
 
 
-async def wait_ready(host: str, port: int, deadline_s: float) -> None:
+async def wait_ready(
+    host: str, port: int, deadline_s: float,
+    alive: Callable[[], Awaitable[bool]] | None = None,
+) -> None:
+    """Poll envd's /health until it answers; give up early when alive()
+    says the sandbox itself is gone (a broken rootfs fails in a second,
+    not at the deadline)."""
     end = time.monotonic() + deadline_s
     delay = 0.005
+    next_alive_check = time.monotonic() + 0.5
     while True:
         if await health(host, port, timeout=min(1.0, max(0.05, end - time.monotonic()))):
             return
-        if time.monotonic() >= end:
+        now = time.monotonic()
+        if now >= end:
             raise TimeoutError(f"envd at {host}:{port} did not answer in {deadline_s}s")
+        if alive is not None and now >= next_alive_check:
+            if not await alive():
+                raise RuntimeError("the sandbox stopped before envd answered")
+            next_alive_check = now + 0.5
         await asyncio.sleep(delay)
         delay = min(delay * 1.5, 0.05)

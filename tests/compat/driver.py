@@ -13,7 +13,8 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import e2b
 from e2b import AsyncSandbox, Sandbox
@@ -26,7 +27,7 @@ def record(name: str, fn: Callable[[], Any]) -> Any:
         detail = fn()
         RESULTS.append({"check": name, "ok": True, "detail": str(detail)[:200]})
         return detail
-    except Exception as exc:  # noqa: BLE001 - every failure is a finding
+    except Exception as exc:
         RESULTS.append({"check": name, "ok": False,
                         "detail": f"{type(exc).__name__}: {exc}"[:500],
                         "trace": traceback.format_exc()[-1500:]})
@@ -212,7 +213,7 @@ async def async_checks() -> None:
         await go()
         RESULTS.append({"check": "AsyncSandbox create/run/files/background/info/kill",
                         "ok": True, "detail": "ok"})
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         RESULTS.append({"check": "AsyncSandbox create/run/files/background/info/kill",
                         "ok": False, "detail": f"{type(exc).__name__}: {exc}"[:500],
                         "trace": traceback.format_exc()[-1500:]})

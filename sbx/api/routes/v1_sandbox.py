@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from sbx.api.deps import Caller, platform
 from sbx.api.schemas.v1 import CreateSandbox, SandboxOut, SetTimeout
-from sbx.core.lifecycle import SandboxState
+from sbx.core.lifecycle import LIVE, SandboxState
 from sbx.core.policy import NetworkPolicy, default_policy
 from sbx.core.sandboxes import CreateSpec
 from sbx.core.validation import parse
@@ -36,7 +36,8 @@ def out(row: Sandbox, with_token: bool = True) -> dict[str, object]:
         auto_pause=row.auto_pause,
         network_policy=policy.public(),
         created_at=row.created_at,
-        envd_access_token=row.envd_token if with_token else None,
+        # An ended sandbox has nothing left to reach: no token for it.
+        envd_access_token=row.envd_token if with_token and row.state in LIVE else None,
         timeout_min=(row.timeout_s // 60) if row.timeout_s else None,
         timeout_at=row.timeout_at,
     ).model_dump(mode="json")

@@ -101,3 +101,28 @@ def workdir() -> Iterator[Path]:
     """A scratch directory; envd runs on this host, so its paths are ours."""
     with tempfile.TemporaryDirectory(prefix="sdk-test-") as d:
         yield Path(d)
+
+
+def open_connections(port: int) -> int:
+    """TCP connections from this process to ``port`` (Linux /proc)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if remote_port == port and fields[3] == "01" and fields[9] in inodes:
+                count += 1
+    return count

@@ -42,7 +42,8 @@ def test_help_lists_the_commands() -> None:
 
 def test_unreachable_server_is_one_error_line() -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    for args in (["list"], ["get", "sbx-abc"], ["kill", "sbx-abc"], ["exec", "sbx-abc", "--", "ls"]):
+    commands = [["list"], ["get", "sbx-abc"], ["kill", "sbx-abc"], ["exec", "sbx-abc", "--", "ls"]]
+    for args in commands:
         code, out, err = invoke("--api-url", url, "--api-key", "k", *args)
         assert code == 1, (args, out, err)
         assert err.startswith("error: Could not connect to " + url), err

@@ -126,6 +126,10 @@ def test_unary_request_is_plain_json() -> None:
     assert req.content == b"{}"
 
 
-@pytest.mark.parametrize(("timeout", "header"), [(None, {}), (0, {}), (0.0001, {"Connect-Timeout-Ms": "1"}), (60, {"Connect-Timeout-Ms": "60000"})])
+@pytest.mark.parametrize(
+    ("timeout", "header"),
+    [(None, {}), (0, {}), (0.0001, {"Connect-Timeout-Ms": "1"}),
+     (60, {"Connect-Timeout-Ms": "60000"})],
+)
 def test_timeout_header(timeout: float | None, header: dict[str, str]) -> None:
     assert timeout_header(timeout) == header

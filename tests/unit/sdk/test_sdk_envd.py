@@ -19,7 +19,7 @@ from sbx.sdk import (
     Sandbox,
     SbxTimeoutError,
 )
-from tests.unit.sdk.conftest import LocalEnvd
+from tests.unit.sdk.conftest import LocalEnvd, open_connections
 
 
 def wait_for(predicate: object, timeout: float = 10.0) -> None:
@@ -95,6 +95,12 @@ def test_timeout_kills_the_command(sbx: Sandbox, workdir: Path) -> None:
     assert time.monotonic() - started < 1.8
     time.sleep(2)
     assert not marker.exists()
+
+
+def test_request_timeout_does_not_bound_streams(envd: LocalEnvd) -> None:
+    with Sandbox._for_envd(envd.url, envd.token, request_timeout=0.2) as quick:
+        # Silent for longer than request_timeout: only the command's timeout counts.
+        assert quick.commands.run("sleep 0.6; echo ok").stdout == "ok\n"
 
 
 def test_background_wait(sbx: Sandbox) -> None:
@@ -186,6 +192,18 @@ def test_threads_share_one_sandbox(sbx: Sandbox) -> None:
     for t in threads:
         t.join()
     assert sorted(results) == sorted(f"{i}\n" for i in range(8))
+
+
+def test_sequential_calls_reuse_one_connection(sbx: Sandbox, envd: LocalEnvd,
+                                              workdir: Path) -> None:
+    port = int(envd.url.rsplit(":", 1)[1])
+    for i in range(20):
+        sbx.commands.run(f"echo {i}")
+        sbx.commands.list()
+        sbx.files.write(str(workdir / "f"), str(i))
+        assert sbx.files.read(str(workdir / "f")) == str(i)
+        assert sbx.files.exists(str(workdir / "f"))
+    assert open_connections(port) == 1
 
 
 # --- files --------------------------------------------------------------------
@@ -285,7 +303,7 @@ def test_pty_kill(sbx: Sandbox) -> None:
 # --- auth ---------------------------------------------------------------------
 
 
-def test_bad_token_is_an_authentication_error(envd: LocalEnvd) -> None:
+def test_bad_token_is_an_authentication_error(envd: LocalEnvd, workdir: Path) -> None:
     with Sandbox._for_envd(envd.url, "wrong-token") as bad:
         with pytest.raises(AuthenticationError):
             bad.commands.run("true")
@@ -294,4 +312,5 @@ def test_bad_token_is_an_authentication_error(envd: LocalEnvd) -> None:
         with pytest.raises(AuthenticationError):
             bad.files.read("/etc/hostname")
         with pytest.raises(AuthenticationError):
-            bad.files.write("/tmp/x", "x")
+            bad.files.write(str(workdir / "x"), "x")
+    assert not (workdir / "x").exists()

@@ -34,7 +34,8 @@ def test_entry_info_maps_proto3_json() -> None:
     assert info.size == 10 * 1024 * 1024
     assert info.modified_time == datetime(2026, 11, 29, 21, 40, 0, 123456, tzinfo=UTC)
     assert fs.entry_info({"type": "FILE_TYPE_DIRECTORY"}).type is FileType.DIR
-    assert fs.entry_info({"type": "FILE_TYPE_SYMLINK", "symlinkTarget": "/x"}).symlink_target == "/x"
+    link = fs.entry_info({"type": "FILE_TYPE_SYMLINK", "symlinkTarget": "/x"})
+    assert (link.type, link.symlink_target) == (FileType.SYMLINK, "/x")
 
 
 def test_list_dir_drops_unknown_types() -> None:
