@@ -4,6 +4,7 @@ answers HTTP; and `runsc exec /bin/true`. No sbx code is involved."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -102,7 +103,5 @@ class BareRunsc:
         for ctrl in Path("/sys/fs/cgroup").iterdir():
             p = ctrl / self.cid
             if p.is_dir():
-                try:
+                with contextlib.suppress(OSError):
                     p.rmdir()
-                except OSError:
-                    pass

@@ -8,6 +8,7 @@ Usage: E2B_API_URL=... E2B_SANDBOX_URL=... E2B_API_KEY=... python driver.py [syn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -98,10 +99,8 @@ def sync_checks() -> None:
             pids = [p.pid for p in sb.commands.list()]
             expect(h.pid in pids, f"{h.pid} not in {pids}")
             expect(sb.commands.kill(h.pid) is True, "kill returned False")
-            try:
+            with contextlib.suppress(e2b.CommandExitException):
                 h.wait()
-            except e2b.CommandExitException:
-                pass
             expect(h.pid not in [p.pid for p in sb.commands.list()], "still listed")
             return "killed"
         record("commands.list + commands.kill", list_kill)

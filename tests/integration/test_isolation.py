@@ -47,13 +47,17 @@ def test_vcpu_is_visible_and_enforced(make, vcpu: int) -> None:  # type: ignore[
     assert int(out) == min(vcpu, os.cpu_count() or 1)
 
 
+# Allocates and touches every page of `mib` MiB, then says ok.
+TOUCH = "python3 -c \"b = bytearray({mib} << 20); b[::4096] = b'x' * len(b[::4096]); print('ok')\""
+
+
 def test_memory_limit(make) -> None:  # type: ignore[no-untyped-def]
     sb = make(memory_mib=512)
     # Within the limit: fine.
-    code, out, err = sh(sb, "python3 -c \"b = bytearray(300 << 20); b[::4096] = b'x' * len(b[::4096]); print('ok')\"")
+    code, out, err = sh(sb, TOUCH.format(mib=300))
     assert code == 0 and out.strip() == "ok", err
     # Beyond it: the process fails inside; the sandbox lives on.
-    code, out, err = sh(sb, "python3 -c \"b = bytearray(900 << 20); b[::4096] = b'x' * len(b[::4096]); print('ok')\"")
+    code, out, err = sh(sb, TOUCH.format(mib=900))
     assert code != 0 and "ok" not in out
     code, out, _ = sh(sb, "echo alive")
     assert (code, out.strip()) == (0, "alive")
