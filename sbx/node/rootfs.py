@@ -4,6 +4,7 @@ mmdebstrap, and envd installed into every one."""
 from __future__ import annotations
 
 import asyncio
+import compileall
 import logging
 import shutil
 from collections.abc import Callable
@@ -95,6 +96,9 @@ def install_envd(rootfs: Path) -> None:
     if staging.exists():
         shutil.rmtree(staging)
     shutil.copytree(ENVD_SRC, staging, ignore=shutil.ignore_patterns("__pycache__"))
+    # Bytecode made once here: otherwise every sandbox compiles envd at boot
+    # (slow under gVisor) into its own writable layer.
+    compileall.compile_dir(str(staging), quiet=1, workers=1)
     old = target / "envd.old"
     if old.exists():
         shutil.rmtree(old)
