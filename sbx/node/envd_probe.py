@@ -59,6 +59,7 @@ async def wait_ready(
     end = time.monotonic() + deadline_s
     delay = 0.005
     next_alive_check = time.monotonic() + 0.5
+    dead_checks = 0
     while True:
         if await health(host, port, timeout=min(1.0, max(0.05, end - time.monotonic()))):
             return
@@ -66,7 +67,9 @@ async def wait_ready(
         if now >= end:
             raise TimeoutError(f"envd at {host}:{port} did not answer in {deadline_s}s")
         if alive is not None and now >= next_alive_check:
-            if not await alive():
+            # Twice in a row: one `runsc state` can fail on a busy host.
+            dead_checks = dead_checks + 1 if not await alive() else 0
+            if dead_checks >= 2:
                 raise RuntimeError("the sandbox stopped before envd answered")
             next_alive_check = now + 0.5
         await asyncio.sleep(delay)
