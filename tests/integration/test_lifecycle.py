@@ -69,15 +69,19 @@ def test_restart_keeps_sandboxes_and_crash_leaks_nothing(own_server: Server) -> 
     sb.files.write("/root/keep.txt", "still here")
     sb.commands.run("nohup bash -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/n; "
                     "sleep 0.1; done' >/dev/null 2>&1 &", timeout=10)
+    sb.close()
     for how in (signal.SIGTERM, signal.SIGKILL):
         own_server.stop(how)
         assert sb.sandbox_id in runsc_ids(own_server)
         own_server.start()
         again = Sandbox.connect(sb.sandbox_id, api_url=own_server.url, api_key=key)
-        assert again.files.read("/root/keep.txt") == "still here"
-        n1 = int(again.commands.run("cat /tmp/n").stdout)
-        time.sleep(0.5)
-        assert int(again.commands.run("cat /tmp/n").stdout) > n1
+        try:
+            assert again.files.read("/root/keep.txt") == "still here"
+            n1 = int(again.commands.run("cat /tmp/n").stdout)
+            time.sleep(0.5)
+            assert int(again.commands.run("cat /tmp/n").stdout) > n1
+        finally:
+            again.close()
     # A sandbox whose runtime vanished behind the server's back is marked.
     root = Path("/run/sbx") / own_server.node_tag / "runsc"
     subprocess.run(["runsc", "--root", str(root), "kill", sb.sandbox_id, "KILL"], check=True)
