@@ -44,6 +44,17 @@ class Runtime(Protocol):
 
     async def list(self) -> dict[str, RuntimeState]: ...
 
+    async def checkpoint(self, sandbox_id: str, image_dir: Path, compress: bool) -> None:
+        """Save the running sandbox (memory, processes, writable disk) into
+        image_dir, leaving it running but frozen: the caller stops it once
+        the image is safely stored, so a crash never loses both."""
+        ...
+
+    async def restore(self, launch: Launch, image_dir: Path) -> None:
+        """Start a sandbox from an image made by checkpoint, in launch's
+        network namespace, disk and cgroup limits."""
+        ...
+
     async def destroy(self, sandbox_id: str) -> None:
         """Stop the sandbox and remove every trace of it the driver made;
         no error if it is already gone."""

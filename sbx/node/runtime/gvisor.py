@@ -100,17 +100,43 @@ class GVisorRuntime:
             },
         }
 
-    async def start(self, launch: Launch) -> None:
+    def _launch_argv(self, launch: Launch, *command: str) -> list[str]:
         launch.bundle.mkdir(parents=True, exist_ok=True)
         (launch.bundle / "config.json").write_text(json.dumps(self.spec(launch)))
-        argv = [
+        return [
             "unshare", "-m", "--propagation", "private",
             "sh", "-c", 'mount -t tmpfs none /proc/sys/net && exec "$@"', "sh",
             *self._flags(),
             "--overlay2", f"root:dir={launch.disk_dir}",
-            "run", "--detach", "--bundle", str(launch.bundle), launch.id,
+            *command, "--detach", "--bundle", str(launch.bundle), launch.id,
         ]
+
+    async def start(self, launch: Launch) -> None:
+        argv = self._launch_argv(launch, "run")
         await run(*argv, stdout_path=str(launch.console_log), timeout=60)
+
+    async def checkpoint(self, sandbox_id: str, image_dir: Path, compress: bool) -> None:
+        # Frozen first, and left frozen: nothing the sandbox does after the
+        # image is taken can be lost, and if sbx dies before the image is
+        # stored, `runsc resume` gives the sandbox back untouched.
+        await run(*self._flags(), "pause", sandbox_id)
+        try:
+            await run(
+                *self._flags(), "checkpoint", "--leave-running",
+                "--compression", "flate-best-speed" if compress else "none",
+                "--image-path", str(image_dir), sandbox_id, timeout=600,
+            )
+        except BaseException:
+            await self.resume(sandbox_id)
+            raise
+
+    async def resume(self, sandbox_id: str) -> None:
+        """Unfreeze a sandbox that checkpoint left frozen."""
+        await run(*self._flags(), "resume", sandbox_id, check=False)
+
+    async def restore(self, launch: Launch, image_dir: Path) -> None:
+        argv = self._launch_argv(launch, "restore", "--image-path", str(image_dir))
+        await run(*argv, stdout_path=str(launch.console_log), timeout=120)
 
     async def state(self, sandbox_id: str) -> RuntimeState:
         res = await run(*self._flags(), "state", sandbox_id, check=False)
