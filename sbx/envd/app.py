@@ -94,6 +94,11 @@ class App:
         default_user = body.get("defaultUser")
         workdir = body.get("defaultWorkdir")
         hostname = body.get("hostname")
+        memory_mib = body.get("memoryMib")
+        if memory_mib is not None and (
+            not isinstance(memory_mib, int) or isinstance(memory_mib, bool) or memory_mib <= 0
+        ):
+            return "memoryMib must be a positive integer"
         for name, value in (
             ("accessToken", token),
             ("defaultUser", default_user),
@@ -121,6 +126,8 @@ class App:
             self.state.default_user = default_user or None
         if workdir is not None:
             self.state.default_workdir = workdir or None
+        if memory_mib is not None:
+            self.state.memory_limit_mib = memory_mib
         if hostname:
             # Best effort: needs CAP_SYS_ADMIN in a UTS namespace of our own.
             with contextlib.suppress(OSError):

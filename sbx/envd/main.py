@@ -11,7 +11,7 @@ import signal
 
 from .app import App
 from .httpd import HttpServer
-from .memguard import MemoryGuard, from_secrets
+from .memguard import MemoryGuard, limit_from_secrets
 from .reaper import Reaper
 from .state import TOKEN_ENV, EnvdState, public_env, take_secrets
 
@@ -48,14 +48,15 @@ def ensure_std_fds() -> None:
 
 
 async def serve(
-    args: argparse.Namespace, token: str | None, guard: MemoryGuard | None = None
+    args: argparse.Namespace, token: str | None, memory_mib: int | None = None
 ) -> None:
     loop = asyncio.get_running_loop()
-    state = EnvdState(access_token=token, base_env=public_env(os.environ))
+    state = EnvdState(access_token=token, base_env=public_env(os.environ),
+                      memory_limit_mib=memory_mib)
+    guard = MemoryGuard(lambda: state.memory_limit_mib)
     reaper = Reaper()
     reaper.start()
-    if guard is not None:
-        guard.start()
+    guard.start()
     app = App(state, reaper, force_polling=args.watch_polling)
     server = await HttpServer(app).listen(args.host, args.port)
     stop = asyncio.Event()
@@ -69,8 +70,7 @@ async def serve(
         app.processes.kill_all()
         app.close()
         reaper.stop()
-        if guard is not None:
-            guard.stop()
+        guard.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 1.0)
 
@@ -86,4 +86,4 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args, token, from_secrets(secrets)))
+        asyncio.run(serve(args, token, limit_from_secrets(secrets)))

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 
 log = logging.getLogger("envd.memguard")
 MEMORY_ENV = "SBX_ENVD_MEMORY_MIB"
@@ -56,8 +57,11 @@ def largest_process(exclude: set[int]) -> int | None:
 
 
 class MemoryGuard:
-    def __init__(self, limit_mib: int, interval_s: float = 0.02) -> None:
-        self.limit_kib = limit_mib * 1024
+    """limit_mib is asked every round: /init may set or change it (a
+    sandbox restored from a shared snapshot learns its size that way)."""
+
+    def __init__(self, limit_mib: Callable[[], int | None], interval_s: float = 0.02) -> None:
+        self.limit_mib = limit_mib
         self.interval_s = interval_s
         self.kills = 0
         self._stop = threading.Event()
@@ -71,9 +75,12 @@ class MemoryGuard:
 
     def check(self) -> int | None:
         """One round: answer the pid killed, if any."""
+        limit = self.limit_mib()
+        if not limit:
+            return None
         with open("/proc/meminfo") as f:
             used = used_kib(f.read())
-        if used <= self.limit_kib:
+        if used <= limit * 1024:
             return None
         victim = largest_process({1, os.getpid()})
         if victim is None:
@@ -83,8 +90,8 @@ class MemoryGuard:
         except OSError:
             return None
         self.kills += 1
-        log.warning("out of memory: %d KiB used > %d KiB; killed pid %d",
-                    used, self.limit_kib, victim)
+        log.warning("out of memory: %d KiB used > %d MiB; killed pid %d",
+                    used, limit, victim)
         return victim
 
     def _run(self) -> None:
@@ -97,8 +104,6 @@ class MemoryGuard:
             self._stop.wait(0.2 if killed else self.interval_s)
 
 
-def from_secrets(secrets: dict[str, str]) -> MemoryGuard | None:
+def limit_from_secrets(secrets: dict[str, str]) -> int | None:
     value = secrets.get(MEMORY_ENV, "")
-    if not value.isdigit() or int(value) <= 0:
-        return None
-    return MemoryGuard(int(value))
+    return int(value) if value.isdigit() and int(value) > 0 else None

@@ -12,6 +12,8 @@ TOKEN_ENV = "SBX_ENVD_ACCESS_TOKEN"
 @dataclass
 class EnvdState:
     access_token: str | None = None
+    # The sandbox's memory_mib, enforced by the memory guard (None: off).
+    memory_limit_mib: int | None = None
     # Environment every spawned process starts from: envd's own, minus secrets.
     base_env: dict[str, str] = field(default_factory=dict)
     # Variables set through /init; they apply to processes started afterwards.

@@ -78,3 +78,16 @@ def test_init_rejects_bad_bodies(envd_factory: Any) -> None:
     assert list_status(envd.url, TOKEN) == 200
     assert init(envd.url, {}, TOKEN).status_code == 204
     assert httpx.post(envd.url + "/init", headers={"X-Access-Token": TOKEN}).status_code == 204
+
+
+def test_init_memory_limit(envd) -> None:  # type: ignore[no-untyped-def]
+    """memoryMib: a positive integer, validated before anything changes."""
+    import httpx
+
+    base, token = envd.url, envd.token
+    h = {"X-Access-Token": token}
+    for bad in ("512", 0, -1, True, 1.5):
+        r = httpx.post(base + "/init", json={"memoryMib": bad, "envVars": {"X": "1"}}, headers=h)
+        assert r.status_code == 400, bad
+    r = httpx.post(base + "/init", json={"memoryMib": 512}, headers=h)
+    assert r.status_code == 204
