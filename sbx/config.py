@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     envd_ready_timeout_s: float = 30.0
     default_disk_mib: int = 2048
     reconcile_interval_s: float = 30.0
+    # Compress snapshot images (flate, best speed): smaller on disk, slower
+    # to pause and resume. See docs/benchmarks.md for the trade-off.
+    snapshot_compress: bool = False
     timeout_check_interval_s: float = 1.0
     # Memory given to gVisor on the host beyond memory_mib: the sentry, the
     # gofer and the reaction time of the in-sandbox memory guard.
@@ -36,6 +39,18 @@ class Settings(BaseSettings):
     # Where template root filesystems live (default DATA_DIR/templates); tests
     # point several data dirs at one cache to build `base` once.
     templates_path: Path | None = None
+    # Egress: the resolver sandboxes' allowed names are forwarded to
+    # ("ip" or "ip:port"; default: the first nameserver of /etc/resolv.conf).
+    egress_upstream_dns: str | None = None
+    # A PEM file of extra CAs trusted (besides the system store) when the
+    # proxy intercepts TLS and connects to the real server.
+    egress_upstream_ca: Path | None = None
+    # Ports of the node's egress resolver and proxy (0: any free port).
+    egress_dns_port: int = 0
+    egress_proxy_port: int = 0
+    # Extra ranges treated like private ones (comma separated CIDRs); the
+    # networks of the host's default-route interface always are.
+    egress_private_extra: str = ""
 
     @field_validator("subnet")
     @classmethod

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from sbx.config import Settings
 from sbx.core import accounts, templates
 from sbx.core.sandboxes import SandboxService
+from sbx.egress.audit import AuditWriter
+from sbx.egress.control import EgressControl
 from sbx.node.agent import NodeAgent
 from sbx.store import repo
 from sbx.store.db import Database
@@ -26,8 +28,10 @@ class Platform:
     def __init__(self, settings: Settings, progress: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.db = Database(settings.db_url)
-        self.agent = NodeAgent(settings)
+        self.audit = AuditWriter(self.db)
+        self.agent = NodeAgent(settings, audit=self.audit.submit)
         self.sandboxes = SandboxService(self.db, self.agent, settings)
+        self.egress = EgressControl(self.db, self.agent, self.sandboxes)
         self.ready = asyncio.Event()
         self.failure: str | None = None
         self.progress = progress or (lambda line: log.info("%s", line))
@@ -38,7 +42,11 @@ class Platform:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.db.migrate()
         await self.bootstrap()
+        self.audit.start()
         await self.agent.setup()
+        # The nft table was rebuilt: running sandboxes get their policies back
+        # before anything else (until then their traffic is refused).
+        await self.egress.resync()
         await self.sandboxes.reconcile()
         self._tasks = [
             asyncio.create_task(self._prepare(), name="prepare"),
@@ -48,6 +56,9 @@ class Platform:
             asyncio.create_task(self._loop(self.sandboxes.reconcile,
                                            self.settings.reconcile_interval_s),
                                 name="reconcile"),
+            asyncio.create_task(self._loop(self.egress.resync,
+                                           self.settings.reconcile_interval_s),
+                                name="egress-resync"),
         ]
 
     async def bootstrap(self) -> None:
@@ -92,4 +103,6 @@ class Platform:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.agent.egress.stop()
+        await self.audit.stop()
         await self.db.close()

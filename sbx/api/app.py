@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from sbx import __version__
 from sbx.api import errors
-from sbx.api.routes import sandboxes, v1_sandbox
+from sbx.api.routes import egress, sandboxes, v1_sandbox
 from sbx.config import Settings
 from sbx.gateway.proxy import Gateway
 from sbx.platform import Platform
@@ -46,5 +46,6 @@ def create_app(settings: Settings, progress: Callable[[str], None] | None = None
 
     app.include_router(v1_sandbox.router)
     app.include_router(sandboxes.router)
+    app.include_router(egress.router)
     gateway = Gateway(app, platform.sandboxes)
     return gateway

@@ -200,6 +200,34 @@ def set_timeout(conn: Conn, sandbox_id: str, seconds: int) -> None:
     click.echo(f"{sandbox_id} now ends at {ends}")
 
 
+@sandbox.command("pause")
+@click.argument("sandbox_id")
+@_connection_options
+@_pass_conn
+def pause(conn: Conn, sandbox_id: str) -> None:
+    """Snapshot a sandbox (memory, processes, disk) and free its host resources."""
+    sbx = Sandbox.connect(sandbox_id, api_url=conn.api_url, api_key=conn.api_key)
+    try:
+        info = sbx.pause()
+    finally:
+        sbx.close()
+    click.echo(f"{sandbox_id} {info.state}")
+
+
+@sandbox.command("resume")
+@click.argument("sandbox_id")
+@_connection_options
+@_pass_conn
+def resume(conn: Conn, sandbox_id: str) -> None:
+    """Bring a paused sandbox back where it was."""
+    sbx = Sandbox.connect(sandbox_id, api_url=conn.api_url, api_key=conn.api_key)
+    try:
+        info = sbx.resume()
+    finally:
+        sbx.close()
+    click.echo(f"{sandbox_id} {info.state}")
+
+
 def _exit_status(code: int) -> int:
     # A process killed by a signal has no exit code of its own.
     return code if 0 <= code <= 255 else 1

@@ -19,7 +19,9 @@ from sbx.core import ids, limits
 from sbx.core.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable
 from sbx.core.lifecycle import LIVE, SandboxState
 from sbx.core.policy import NetworkPolicy, default_policy
+from sbx.node import snapshots
 from sbx.node.agent import NodeAgent, SandboxPlan, StartFailed
+from sbx.node.runtime.base import RuntimeState
 from sbx.store import repo
 from sbx.store.db import Database
 from sbx.store.models import Sandbox, Template
@@ -108,14 +110,7 @@ class SandboxService:
             )
             s.add(row)
             repo.add_event(s, sandbox_id, None, S.STARTING)
-        plan = SandboxPlan(
-            id=sandbox_id, rootfs=Path(tpl.rootfs), slot=slot, vcpu=row.vcpu,
-            memory_mib=row.memory_mib, disk_mib=row.disk_mib, env=row.env_vars,
-            envd_token=row.envd_token,
-            # E2B's sandboxes run commands as `user` (home /home/user) unless
-            # told otherwise; code written for them expects it.
-            init={"defaultUser": "user"} if spec.surface == "e2b" else None,
-        )
+        plan = self._plan(row, tpl)
         try:
             await asyncio.shield(self.agent.start(plan))
         except (StartFailed, asyncio.CancelledError) as exc:
@@ -131,6 +126,18 @@ class SandboxService:
             if fresh.timeout_s:
                 fresh.timeout_at = repo.now() + timedelta(seconds=fresh.timeout_s)
         return fresh
+
+    def _plan(self, row: Sandbox, tpl: Template) -> SandboxPlan:
+        surface = (row.extra or {}).get("surface")
+        return SandboxPlan(
+            id=row.id, rootfs=Path(tpl.rootfs), slot=row.ip_slot or 0, vcpu=row.vcpu,
+            memory_mib=row.memory_mib, disk_mib=row.disk_mib, env=row.env_vars,
+            envd_token=row.envd_token,
+            network_policy=NetworkPolicy.model_validate(row.network_policy, strict=False),
+            # E2B's sandboxes run commands as `user` (home /home/user) unless
+            # told otherwise; code written for them expects it.
+            init={"defaultUser": "user"} if surface == "e2b" else None,
+        )
 
     async def _forget(self, sandbox_id: str) -> None:
         async with self.db.transaction() as s:
@@ -188,7 +195,7 @@ class SandboxService:
                 async with self.db.transaction() as s:
                     if not await repo.set_state(s, sandbox_id, row.state, S.DELETING, reason):
                         raise Conflict(f"Sandbox {sandbox_id} changed state; retry")
-            await asyncio.shield(self.agent.stop(sandbox_id))
+            await asyncio.shield(self.agent.forget(sandbox_id))
             async with self.db.transaction() as s:
                 await repo.set_state(s, sandbox_id, S.DELETING, final, reason)
                 fresh = await repo.sandbox(s, sandbox_id)
@@ -196,16 +203,88 @@ class SandboxService:
             self._sandbox_locks.pop(sandbox_id, None)
             return fresh
 
+    # -- snapshots ----------------------------------------------------------------
+    async def pause(self, org_id: str | None, sandbox_id: str, reason: str | None = None
+                    ) -> Sandbox:
+        """running → snapshotting → paused: memory, processes and disk in a
+        sealed snapshot; no CPU, RAM, runsc process or netns left on the host."""
+        async with self._sandbox_locks[sandbox_id]:
+            row = await self.get(org_id, sandbox_id)
+            if row.state == S.PAUSED:
+                raise Conflict(f"Sandbox {sandbox_id} is already paused")
+            if row.state != S.RUNNING:
+                raise Conflict(f"Sandbox {sandbox_id} is {row.state}; only a running one pauses")
+            async with self.db.transaction() as s:
+                if not await repo.set_state(s, sandbox_id, S.RUNNING, S.SNAPSHOTTING, reason):
+                    raise Conflict(f"Sandbox {sandbox_id} changed state; retry")
+            try:
+                snap = await asyncio.shield(
+                    self.agent.pause(sandbox_id, row.ip_slot or 0, row.envd_token)
+                )
+            except Exception as exc:
+                # The agent unfroze it: the sandbox runs on as before.
+                async with self.db.transaction() as s:
+                    await repo.set_state(s, sandbox_id, S.SNAPSHOTTING, S.RUNNING,
+                                         f"pause failed: {exc}")
+                raise Unavailable(f"Pausing sandbox {sandbox_id} failed: {exc}") from exc
+            async with self.db.transaction() as s:
+                await repo.set_state(s, sandbox_id, S.SNAPSHOTTING, S.PAUSED,
+                                     f"snapshot {snap.size} bytes")
+                fresh = await repo.sandbox(s, sandbox_id)
+                assert fresh is not None
+                # A paused sandbox has no timeout running.
+                fresh.timeout_at = None
+            return fresh
+
+    async def resume(self, org_id: str | None, sandbox_id: str,
+                     timeout_s: int | None = None) -> tuple[Sandbox, bool]:
+        """paused → unpausing → running, same id, tokens, env, policy and
+        address. Answers the sandbox and whether it was resumed (False: it
+        was running already)."""
+        async with self._sandbox_locks[sandbox_id]:
+            row = await self.get(org_id, sandbox_id)
+            if row.state == S.RUNNING:
+                return row, False
+            if row.state != S.PAUSED:
+                raise Conflict(f"Sandbox {sandbox_id} is {row.state}; only a paused one resumes")
+            async with self.db.session() as s:
+                tpl = await repo.template_by_id(s, row.template_id)
+            if tpl is None:
+                raise Unavailable(f"template {row.template_id} of {sandbox_id} is gone")
+            async with self.db.transaction() as s:
+                if not await repo.set_state(s, sandbox_id, S.PAUSED, S.UNPAUSING):
+                    raise Conflict(f"Sandbox {sandbox_id} changed state; retry")
+            try:
+                await asyncio.shield(self.agent.resume(self._plan(row, tpl)))
+            except (StartFailed, Exception) as exc:
+                async with self.db.transaction() as s:
+                    await repo.set_state(s, sandbox_id, S.UNPAUSING, S.PAUSED,
+                                         f"resume failed: {exc}")
+                raise Unavailable(f"Resuming sandbox {sandbox_id} failed: {exc}") from exc
+            async with self.db.transaction() as s:
+                await repo.set_state(s, sandbox_id, S.UNPAUSING, S.RUNNING)
+                fresh = await repo.sandbox(s, sandbox_id)
+                assert fresh is not None
+                if timeout_s is not None:
+                    fresh.timeout_s = timeout_s or None
+                if fresh.timeout_s:
+                    fresh.timeout_at = repo.now() + timedelta(seconds=fresh.timeout_s)
+            return fresh, True
+
     # -- background duties -------------------------------------------------------
     async def expire_due(self) -> None:
-        """Kill (or, later, pause) every sandbox whose timeout has passed."""
+        """Every sandbox whose timeout has passed is paused (auto_pause,
+        on_timeout=pause) or killed."""
         async with self.db.session() as s:
             due = await repo.due_for_timeout(s, repo.now(), [S.RUNNING])
         for sandbox_id in due:
             row = await self.get(None, sandbox_id)
-            final = S.KILLED if row.extra.get("surface") != "v1" else S.DELETED
             try:
-                await self.delete(None, sandbox_id, final, "timeout")
+                if row.auto_pause:
+                    await self.pause(None, sandbox_id, "timeout")
+                else:
+                    final = S.KILLED if row.extra.get("surface") != "v1" else S.DELETED
+                    await self.delete(None, sandbox_id, final, "timeout")
             except Exception:
                 log.exception("timeout of %s failed", sandbox_id)
 
@@ -215,6 +294,12 @@ class SandboxService:
         async with self.db.session() as s:
             rows = await repo.sandboxes(s, None, LIVE)
         in_flight = set(self._starting)
+        busy = {k for k, lock in self._sandbox_locks.items() if lock.locked()}
+        for r in rows:
+            if r.id not in busy and r.state in (S.SNAPSHOTTING, S.UNPAUSING):
+                await self._recover(r)
+        async with self.db.session() as s:
+            rows = await repo.sandboxes(s, None, LIVE)
         keep = {r.id for r in rows if r.state != S.STARTING} | in_flight
         # A sandbox left starting by a dead server never got its 201.
         for r in rows:
@@ -230,3 +315,35 @@ class SandboxService:
                     await self.delete(None, r.id, final, "lost: runtime not running")
                 except Exception:
                     log.exception("marking %s failed", r.id)
+
+    async def _recover(self, row: Sandbox) -> None:
+        """A pause or resume cut short by a crash: end up paused (with a
+        complete, verified snapshot) or running, never lost."""
+        snap = await asyncio.to_thread(
+            snapshots.verify, self.agent.snapshot_path(row.id), True
+        )
+        state = await self.agent.runtime.state(row.id)
+        if row.state == S.SNAPSHOTTING:
+            if snap is not None:
+                await self.agent.stop(row.id)
+                dst, why = S.PAUSED, "recovered: snapshot complete"
+            else:
+                # The image never got sealed; the frozen sandbox is intact.
+                await self.agent.runtime.resume(row.id)
+                await asyncio.to_thread(snapshots.remove, self.agent.snapshot_path(row.id))
+                dst, why = S.RUNNING, "recovered: pause did not complete"
+        else:  # UNPAUSING
+            if state == RuntimeState.RUNNING and row.ip_slot is not None and \
+                    await self.agent.is_alive(row.id, row.ip_slot):
+                await asyncio.to_thread(snapshots.remove, self.agent.snapshot_path(row.id))
+                dst, why = S.RUNNING, "recovered: resume had completed"
+            else:
+                await self.agent.stop(row.id)
+                dst, why = S.PAUSED, "recovered: resume did not complete"
+        log.warning("sandbox %s: %s", row.id, why)
+        async with self.db.transaction() as s:
+            await repo.set_state(s, row.id, row.state, dst, why)
+            if dst == S.RUNNING:
+                fresh = await repo.sandbox(s, row.id)
+                if fresh is not None and fresh.timeout_s:
+                    fresh.timeout_at = repo.now() + timedelta(seconds=fresh.timeout_s)

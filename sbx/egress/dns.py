@@ -20,9 +20,10 @@ import secrets
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sbx.egress import dnswire as w
 from sbx.egress.audit import AuditEvent, AuditSink
@@ -222,13 +223,13 @@ class Resolver:
                 if port:
                     break
                 continue
-            self.port = chosen
+            self.port = int(chosen)
             udp.setblocking(False)
             tcp.setblocking(False)
             transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=udp)
             self._udp = transport
             self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp)
-            return chosen
+            return self.port
         raise OSError(f"cannot bind the sandbox DNS resolver: {last}")
 
     async def stop(self) -> None:
@@ -240,9 +241,11 @@ class Resolver:
                 await asyncio.wait_for(self._tcp.wait_closed(), 2)
         for task in list(self._tasks):
             task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2)
 
-    def spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -7,6 +7,7 @@ so protocols that shut down one direction first keep working."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 from typing import cast
@@ -21,16 +22,23 @@ class _Pump(asyncio.Protocol):
         self.done = done
         self.count = 0
         self.eof = False
-        self._paused = False
+        self.pending: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(HIGH_WATER)
+        # What the other side sent before this transport existed.
+        peer = self.peer
+        if peer is not None and peer.pending:
+            self.transport.write(b"".join(peer.pending))
+            peer.pending.clear()
 
     def data_received(self, data: bytes) -> None:
         self.count += len(data)
         peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.transport.is_closing():
+        if peer is None or peer.transport is None:
+            self.pending.append(data)
+        elif not peer.transport.is_closing():
             peer.transport.write(data)
 
     def eof_received(self) -> bool:
@@ -73,11 +81,12 @@ def abort(transport: asyncio.BaseTransport) -> None:
     """Close with a TCP reset, so the other end fails at once."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-    transport.abort()
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.abort()
+    else:
+        transport.close()
 
 
 class Splice:

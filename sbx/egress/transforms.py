@@ -18,16 +18,18 @@ def apply(headers: Iterable[tuple[bytes, bytes]], transforms: Sequence[Transform
     injected names replaced (a sandbox cannot send its own value next to
     the injected one), injected values added."""
     strip: set[bytes] = set()
-    inject: dict[bytes, bytes] = {}
+    # lower-case name -> (name as the policy spells it, value)
+    inject: dict[bytes, tuple[bytes, bytes]] = {}
     for t in transforms:
         strip.update(h.lower().encode("latin-1") for h in t.strip_headers)
         for name, value in t.inject_headers.items():
-            inject[name.lower().encode("latin-1")] = value.encode("latin-1")
+            raw = name.encode("latin-1")
+            inject[raw.lower()] = (raw, value.encode("latin-1"))
     if not strip and not inject:
         return list(headers)
     drop = strip | set(inject)
     out = [(n, v) for n, v in headers if n.lower() not in drop]
-    out += list(inject.items())
+    out += list(inject.values())
     if inject:
         # The masker can only find an echoed secret in an uncompressed body.
         out = [(n, v) for n, v in out if n.lower() != b"accept-encoding"]
@@ -37,15 +39,18 @@ def apply(headers: Iterable[tuple[bytes, bytes]], transforms: Sequence[Transform
 
 def secrets_of(transforms: Sequence[Transform]) -> list[bytes]:
     """Every byte form an injected value may come back in: as sent, JSON
-    escaped, and URL encoded. Values under 4 bytes are too short to mask
-    without garbling ordinary text."""
+    escaped (with and without escaped slashes, as some encoders do), and
+    URL encoded. Values under 4 bytes are too short to mask without
+    garbling ordinary text."""
     out: set[bytes] = set()
     for t in transforms:
         for value in t.inject_headers.values():
             if len(value) < 4:
                 continue
-            for form in (value, json.dumps(value)[1:-1], quote(value, safe="")):
-                out.add(form.encode("utf-8"))
+            escaped = json.dumps(value)[1:-1]
+            forms = (value, escaped, escaped.replace("/", "\\/"), quote(value, safe=""),
+                     quote(value, safe="").replace("%20", "+"))
+            out.update(f.encode("utf-8") for f in forms)
     return sorted(out, key=len, reverse=True)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import shutil
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import users
@@ -35,6 +37,8 @@ class App:
         self.filesystem.register(self.router)
         self.files = FilesApi(state)
         self._cpu_sample: tuple[float, float] | None = None
+        # Set by main once the HTTP server exists (see HttpServer.relisten).
+        self.relisten: Callable[[asyncio.StreamWriter], Awaitable[None]] | None = None
 
     def close(self) -> None:
         self.filesystem.close()
@@ -61,6 +65,13 @@ class App:
             await resp.send_json(200, self.state.env_vars, NO_STORE)
         elif path == "/metrics" and req.method == "GET":
             await resp.send_json(200, self._metrics(), NO_STORE)
+        elif path == "/snapshot/prepare" and req.method == "POST":
+            # The host is about to checkpoint the sandbox: every other
+            # connection ends and envd listens on a fresh socket.
+            if self.relisten is not None:
+                await self.relisten(req.conn.writer)
+            resp.keep_alive = False
+            await resp.send(204, headers=NO_STORE)
         else:
             await resp.send_json(404, {"code": 404, "message": f"no route for {path}"})
 

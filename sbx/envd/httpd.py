@@ -376,14 +376,40 @@ def _parse_head(raw: bytes) -> tuple[str, str, str, dict[str, str]]:
 class HttpServer:
     def __init__(self, handler: Handler) -> None:
         self._handler = handler
+        self._server: asyncio.Server | None = None
+        self._address: tuple[str | None, int] = (None, 0)
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def listen(self, host: str | None, port: int) -> asyncio.Server:
-        return await asyncio.start_server(
+        self._address = (host, port)
+        self._server = await asyncio.start_server(
             self._serve, host, port, limit=READ_SIZE * 4, backlog=1024, reuse_address=True
         )
+        return self._server
+
+    async def relisten(self, keep: asyncio.StreamWriter | None = None) -> None:
+        """Close every client connection (but keep) and listen on a fresh
+        socket. Before a checkpoint: gVisor (2024-07) restores a listening
+        socket that had accepted connections deaf to new ones, so the image
+        must hold a listener that never had any."""
+        for writer in list(self._writers):
+            if writer is not keep:
+                writer.close()
+        if self._server is not None:
+            self._server.close()
+        await self.listen(*self._address)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(reader, writer)
+        self._writers.add(writer)
         try:
             while await self._one_request(conn):
                 pass
@@ -392,6 +418,7 @@ class HttpServer:
         except Exception:
             log.exception("connection failed")
         finally:
+            self._writers.discard(writer)
             with contextlib.suppress(Exception):
                 writer.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -56,9 +57,14 @@ async def serve(
     guard = MemoryGuard(lambda: state.memory_limit_mib)
     reaper = Reaper()
     reaper.start()
-    guard.start()
+    # Only as the sandbox's init: anywhere else /proc shows a whole host,
+    # whose processes are not ours to kill.
+    if os.getpid() == 1:
+        guard.start()
     app = App(state, reaper, force_polling=args.watch_polling)
-    server = await HttpServer(app).listen(args.host, args.port)
+    httpd = HttpServer(app)
+    await httpd.listen(args.host, args.port)
+    app.relisten = httpd.relisten
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -66,13 +72,13 @@ async def serve(
     try:
         await stop.wait()
     finally:
-        server.close()
+        httpd.close()
         app.processes.kill_all()
         app.close()
         reaper.stop()
         guard.stop()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 1.0)
+            await asyncio.wait_for(httpd.wait_closed(), 1.0)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,6 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     token = secrets.get(TOKEN_ENV) or None
     args = parse_args(argv)
     ensure_std_fds()
+    # `kill -USR2 1` (runsc kill ID USR2) dumps every thread's stack to the
+    # console log: the one way to see inside a wedged envd.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -21,14 +20,12 @@ _HOP = {
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
     b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length",
 }
-_CACHE_S = 1.0
 
 
 @dataclass(frozen=True)
 class Route:
     ip: str
     state: str
-    at: float
 
 
 def target(scope: Scope) -> tuple[str, int] | None:
@@ -62,7 +59,6 @@ class Gateway:
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
             follow_redirects=False,
         )
-        self._routes: dict[str, Route] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -75,21 +71,16 @@ class Gateway:
         await self.proxy(scope, receive, send, *dest)
 
     async def route(self, sandbox_id: str) -> Route | None:
-        now = time.monotonic()
-        cached = self._routes.get(sandbox_id)
-        if cached is not None and now - cached.at < _CACHE_S:
-            return cached
+        """Where the sandbox is, read fresh for every request: a cached
+        "running" would let connections in while a sandbox is being paused
+        (one store read costs well under a millisecond)."""
         try:
             row = await self.service.get(None, sandbox_id)
         except NotFound:
             return None
         if row.ip_slot is None:
             return None
-        route = Route(self.service.address(row), row.state, now)
-        self._routes[sandbox_id] = route
-        if len(self._routes) > 10_000:
-            self._routes.clear()
-        return route
+        return Route(self.service.address(row), row.state)
 
     async def proxy(self, scope: Scope, receive: Receive, send: Send, sandbox_id: str,
                     port: int) -> None:
@@ -120,7 +111,6 @@ class Gateway:
         try:
             resp = await self.client.send(req, stream=True)
         except httpx.HTTPError as exc:
-            self._routes.pop(sandbox_id, None)
             await _error(send, 502, f"Sandbox {sandbox_id} port {port} is not reachable: {exc}")
             return
         try:

@@ -9,12 +9,17 @@ import asyncio
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sbx.config import Settings
-from sbx.node import disk, envd_probe
+from sbx.core.policy import NetworkPolicy, default_policy
+from sbx.egress import trust
+from sbx.egress.audit import AuditSink, discard
+from sbx.egress.service import EgressService, SandboxNet
+from sbx.node import disk, envd_probe, snapshots
 from sbx.node.network import firewall, netns
 from sbx.node.network.ipam import Addressing, AddressPool
 from sbx.node.runtime.base import Launch, RuntimeState
@@ -39,6 +44,8 @@ class SandboxPlan:
     envd_token: str
     # Given to envd's /init once it answers (e.g. {"defaultUser": "user"}).
     init: dict[str, Any] | None = None
+    # Enforced on the host from before the sandbox boots.
+    network_policy: NetworkPolicy = field(default_factory=default_policy)
 
 
 class StartFailed(Exception):
@@ -46,7 +53,7 @@ class StartFailed(Exception):
 
 
 class NodeAgent:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, audit: AuditSink | None = None) -> None:
         self.settings = settings
         tag = settings.node_tag
         self.tag = tag
@@ -62,6 +69,7 @@ class NodeAgent:
             memory_headroom_mib=settings.memory_headroom_mib,
         )
         self.host_cpus = os.cpu_count() or 1
+        self.egress = EgressService(settings, self.table, audit or discard)
 
     # -- naming -----------------------------------------------------------
     def netns_name(self, sandbox_id: str) -> str:
@@ -91,21 +99,40 @@ class NodeAgent:
         self.settings.sandboxes_dir.mkdir(parents=True, exist_ok=True)
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.runtime.prepare_cgroups)
-        await firewall.install(self.table, self.if_prefix, self.settings.subnet)
+        ports = await self.egress.start()
+        await firewall.install(self.table, self.if_prefix, self.settings.subnet, ports,
+                               self.egress.never, self.egress.private)
+
+    def egress_net(self, sandbox_id: str, slot: int) -> SandboxNet:
+        return SandboxNet(sandbox_id, self.host_if(sandbox_id),
+                          self.addressing(slot).sandbox_ip,
+                          self.sandbox_dir(sandbox_id) / "egress")
 
     async def start(self, plan: SandboxPlan) -> Addressing:
+        """Cold boot: a new sandbox from its template's root filesystem."""
+        return await self._bring_up(plan, None)
+
+    async def _bring_up(
+        self, plan: SandboxPlan, image: Path | None, trust_store: bool = True
+    ) -> Addressing:
+        """Host resources, then the runtime (booted, or restored from image),
+        then envd ready; on any failure everything made is removed again."""
         addr = self.addressing(plan.slot)
         sdir = self.sandbox_dir(plan.id)
+        marks = [("begin", time.perf_counter())]
         try:
             sdir.mkdir(parents=True, exist_ok=True)
             await asyncio.gather(
                 netns.create(self.netns_name(plan.id), self.host_if(plan.id), addr),
                 disk.create(sdir / "disk.img", sdir / "upper", plan.disk_mib),
             )
+            # The policy holds before the sandbox's first packet.
+            await self.egress.attach(self.egress_net(plan.id, plan.slot), plan.network_policy)
             env = {
                 "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 "HOME": "/root",
                 "LANG": "C.UTF-8",
+                **trust.ENV,
                 **plan.env,
                 "SBX_ENVD_ACCESS_TOKEN": plan.envd_token,
                 "SBX_ENVD_MEMORY_MIB": str(plan.memory_mib),
@@ -123,7 +150,12 @@ class NodeAgent:
                 env=env,
                 cpuset=self.cpuset(plan.vcpu, plan.slot),
             )
-            await self.runtime.start(launch)
+            marks.append(("net+disk", time.perf_counter()))
+            if image is None:
+                await self.runtime.start(launch)
+            else:
+                await self.runtime.restore(launch, image)
+            marks.append(("runsc", time.perf_counter()))
             async def alive() -> bool:
                 return await self.runtime.state(plan.id) == RuntimeState.RUNNING
 
@@ -131,21 +163,75 @@ class NodeAgent:
                 addr.sandbox_ip, self.settings.envd_port, self.settings.envd_ready_timeout_s,
                 alive,
             )
+            marks.append(("envd", time.perf_counter()))
             if plan.init:
                 await envd_probe.post_init(
                     addr.sandbox_ip, self.settings.envd_port, plan.envd_token, plan.init
                 )
+            if trust_store:
+                await self.install_trust(plan.id, addr.sandbox_ip, plan.envd_token, plan.rootfs)
+            marks.append(("init", time.perf_counter()))
         except BaseException as exc:
             log.warning("sandbox %s failed to start: %s", plan.id, exc)
             await asyncio.shield(self.stop(plan.id))
             if isinstance(exc, Exception):
                 raise StartFailed(str(exc)) from exc
             raise
+        log.info("sandbox %s %s in %.0f ms (%s)", plan.id,
+                 "booted" if image is None else "restored",
+                 (marks[-1][1] - marks[0][1]) * 1000,
+                 ", ".join(f"{name} {(t - marks[i][1]) * 1000:.0f}"
+                           for i, (name, t) in enumerate(marks[1:])))
         return addr
 
+    async def install_trust(self, sandbox_id: str, ip: str, envd_token: str,
+                            rootfs: Path) -> None:
+        """The sandbox's egress CA into its trust store, through envd."""
+        files = await asyncio.to_thread(self.egress.trust_files, sandbox_id, rootfs)
+        await trust.install(ip, self.settings.envd_port, envd_token, files)
+
+    # -- snapshots ------------------------------------------------------------
+    def snapshot_path(self, sandbox_id: str) -> Path:
+        return self.settings.data_dir / "snapshots" / sandbox_id
+
+    async def pause(self, sandbox_id: str, slot: int, envd_token: str) -> snapshots.Snapshot:
+        """Checkpoint the sandbox into a sealed snapshot, then free every
+        host resource it held (runtime, netns, disk)."""
+        await envd_probe.prepare_snapshot(
+            self.addressing(slot).sandbox_ip, self.settings.envd_port, envd_token
+        )
+        final = self.snapshot_path(sandbox_id)
+        tmp = await asyncio.to_thread(snapshots.staging, final)
+        try:
+            await self.runtime.checkpoint(sandbox_id, tmp, self.settings.snapshot_compress)
+            snap = await asyncio.to_thread(snapshots.seal, tmp, final, {"id": sandbox_id})
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, tmp, True)
+            await self.runtime.resume(sandbox_id)
+            raise
+        await self.stop(sandbox_id)
+        return snap
+
+    async def resume(self, plan: SandboxPlan) -> Addressing:
+        """Restore a paused sandbox from its snapshot, at its own address."""
+        final = self.snapshot_path(plan.id)
+        if await asyncio.to_thread(snapshots.verify, final, False) is None:
+            raise StartFailed(f"sandbox {plan.id} has no complete snapshot")
+        addr = await self._bring_up(plan, final, trust_store=False)
+        # The image is spent: the running sandbox has moved on from it.
+        await asyncio.to_thread(snapshots.remove, final)
+        return addr
+
+    async def forget(self, sandbox_id: str) -> None:
+        """stop(), and remove the sandbox's snapshot too."""
+        await self.stop(sandbox_id)
+        await asyncio.to_thread(snapshots.remove, self.snapshot_path(sandbox_id))
+
     async def stop(self, sandbox_id: str) -> None:
-        """Remove every host resource of the sandbox; safe to repeat."""
+        """Remove every host resource of the sandbox except its snapshot;
+        safe to repeat."""
         sdir = self.sandbox_dir(sandbox_id)
+        await self.egress.detach(sandbox_id, self.host_if(sandbox_id))
         await self.runtime.destroy(sandbox_id)
         await netns.destroy(self.netns_name(sandbox_id), self.host_if(sandbox_id))
         await disk.destroy(sdir / "disk.img", sdir / "upper")
@@ -169,6 +255,11 @@ class NodeAgent:
         if self.settings.sandboxes_dir.exists():
             ids.update(p.name for p in self.settings.sandboxes_dir.iterdir())
         ids.update(self.runtime.leftover_cgroups())
+        snaps = self.settings.data_dir / "snapshots"
+        if snaps.exists():
+            ids.update(p.name.split(".")[0] for p in snaps.iterdir())
+        ids.update(await self.egress.firewall_ids())
+        ids.update(self.egress.attached())
         return ids
 
     async def reconcile(self, keep: set[str]) -> set[str]:
@@ -177,11 +268,11 @@ class NodeAgent:
         present = await self.host_sandboxes()
         for sandbox_id in sorted(present - keep):
             log.info("reconcile: removing leftover sandbox %s", sandbox_id)
-            await self.stop(sandbox_id)
+            await self.forget(sandbox_id)
         running = await self.runtime.list()
         return {s for s in keep if running.get(s) != RuntimeState.RUNNING}
 
     async def shutdown_all(self) -> None:
         for sandbox_id in sorted(await self.host_sandboxes()):
-            await self.stop(sandbox_id)
+            await self.forget(sandbox_id)
         await firewall.remove(self.table)

@@ -30,12 +30,21 @@ async def health(host: str, port: int, timeout: float = 1.0) -> bool:
 async def post_init(host: str, port: int, token: str, body: dict[str, Any]) -> None:
     """POST /init to envd: settings that apply after boot (default user,
     and after a restore from a shared snapshot, the sandbox's identity)."""
-    data = json.dumps(body).encode()
+    await _post(host, port, token, "/init", json.dumps(body).encode())
+
+
+async def prepare_snapshot(host: str, port: int, token: str) -> None:
+    """Ask envd to drop its connections and listen anew: the image about to
+    be taken must hold no accepted connection (see envd's HttpServer.relisten)."""
+    await _post(host, port, token, "/snapshot/prepare", b"")
+
+
+async def _post(host: str, port: int, token: str, path: str, data: bytes) -> None:
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
     try:
         writer.write(
-            b"POST /init HTTP/1.1\r\nHost: envd\r\nConnection: close\r\n"
-            b"Content-Type: application/json\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: envd\r\nConnection: close\r\n".encode()
+            + b"Content-Type: application/json\r\n"
             + f"X-Access-Token: {token}\r\nContent-Length: {len(data)}\r\n\r\n".encode()
             + data
         )
@@ -44,7 +53,7 @@ async def post_init(host: str, port: int, token: str, body: dict[str, Any]) -> N
         parts = line.split()
         if len(parts) < 2 or parts[1] not in (b"200", b"204"):
             rest = await asyncio.wait_for(reader.read(2000), 5)
-            raise RuntimeError(f"envd /init answered {line!r}: {rest!r}")
+            raise RuntimeError(f"envd {path} answered {line!r}: {rest!r}")
     finally:
         writer.close()
 

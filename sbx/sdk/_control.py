@@ -71,6 +71,16 @@ def set_timeout(sandbox_id: str, timeout: float) -> Op[SandboxInfo]:
     return Op(Request("POST", path, Target.API, _JSON, content=_dumps(body)), _one)
 
 
+def pause(sandbox_id: str) -> Op[SandboxInfo]:
+    path = PREFIX + _quote(sandbox_id) + "/pause"
+    return Op(Request("POST", path, Target.API, _JSON, content=b"{}"), _one)
+
+
+def resume(sandbox_id: str) -> Op[SandboxInfo]:
+    path = PREFIX + _quote(sandbox_id) + "/resume"
+    return Op(Request("POST", path, Target.API, _JSON, content=b"{}"), _one)
+
+
 def _one(response: httpx.Response) -> SandboxInfo:
     body = json_body(response)
     if not isinstance(body, dict):

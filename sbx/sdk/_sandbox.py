@@ -167,6 +167,15 @@ class Sandbox(_SandboxBase):
         up to whole minutes."""
         return self._transport.call(control.set_timeout(self._sandbox_id, timeout))
 
+    def pause(self) -> SandboxInfo:
+        """Snapshot the sandbox (memory, processes, disk) and free its host
+        resources; ConflictError if it is already paused."""
+        return self._transport.call(control.pause(self._sandbox_id))
+
+    def resume(self) -> SandboxInfo:
+        """Bring a paused sandbox back where it was: same id, files, processes."""
+        return self._transport.call(control.resume(self._sandbox_id))
+
     def kill(self) -> bool:
         """Delete the sandbox and release the connections; False when it was
         already gone."""
@@ -287,6 +296,12 @@ class AsyncSandbox(_SandboxBase):
 
     async def set_timeout(self, timeout: float) -> SandboxInfo:
         return await self._transport.call(control.set_timeout(self._sandbox_id, timeout))
+
+    async def pause(self) -> SandboxInfo:
+        return await self._transport.call(control.pause(self._sandbox_id))
+
+    async def resume(self) -> SandboxInfo:
+        return await self._transport.call(control.resume(self._sandbox_id))
 
     async def kill(self) -> bool:
         try:

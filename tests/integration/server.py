@@ -4,6 +4,7 @@ host resources ends with. Kept out of conftest so that benchmarks reuse it."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -144,6 +145,13 @@ def leaks(node_tag: str) -> dict[str, list[str]]:
             cg += [f"{ctrl.name}/{p.name}" for p in parent.iterdir() if p.is_dir()]
     if cg:
         found["cgroups"] = cg
+    # Per-sandbox chains of the node's nft table (the table itself belongs
+    # to the running server; teardown removes it).
+    res = subprocess.run(["nft", "list", "table", "inet", f"sbx_{node_tag}"],
+                         capture_output=True, text=True)
+    chains = re.findall(r"chain ([gfn]_[a-z0-9]+) \{", res.stdout) if res.returncode == 0 else []
+    if chains:
+        found["nft"] = chains
     return found
 
 

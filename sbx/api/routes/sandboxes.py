@@ -22,11 +22,11 @@ from sbx.api.schemas.sandboxes import (
     SetTimeout002,
 )
 from sbx.core.errors import (
+    Conflict,
     FieldError,
     Forbidden,
     InvalidRequest,
     NotFound,
-    NotSupported,
     RateLimited,
 )
 from sbx.core.lifecycle import SandboxState
@@ -259,18 +259,20 @@ async def set_timeout(sandbox_id: str, request: Request, caller: Caller) -> Resp
 
 
 async def _connect(request: Request, caller: Caller, sandbox_id: str) -> JSONResponse:
+    """E2B connect: 200 if it was running, 201 if it was resumed."""
     row = await _visible(request, caller, sandbox_id)
     raw = await request.body()
     req = parse(ConnectE2b, raw) if raw.strip() else ConnectE2b()
     service = platform(request).sandboxes
-    if row.state == S.PAUSED:
-        raise _no_snapshots()
+    resumed = False
+    if row.state in (S.PAUSED, S.SNAPSHOTTING, S.UNPAUSING):
+        row, resumed = await service.resume(caller.id, sandbox_id)
     if req.timeout:
         # Connecting never shortens a sandbox's life.
         left = (row.timeout_at - datetime.now(UTC)).total_seconds() if row.timeout_at else None
-        if left is not None and left < req.timeout:
+        if left is None or left < req.timeout:
             row = await service.set_timeout(caller.id, sandbox_id, req.timeout)
-    return JSONResponse(out(service, row), status_code=200)
+    return JSONResponse(out(service, row), status_code=201 if resumed else 200)
 
 
 @router.post("/v2/sandboxes/{sandbox_id}/connect")
@@ -283,19 +285,23 @@ async def connect(sandbox_id: str, request: Request, caller: Caller) -> JSONResp
     return await _connect(request, caller, sandbox_id)
 
 
-def _no_snapshots() -> NotSupported:
-    return NotSupported("Pause and resume need memory snapshots, which this server does not "
-                        "support yet")
-
-
-@router.post("/sandboxes/{sandbox_id}/pause")
-async def pause(sandbox_id: str, request: Request, caller: Caller) -> JSONResponse:
+@router.post("/sandboxes/{sandbox_id}/pause", status_code=204)
+async def pause(sandbox_id: str, request: Request, caller: Caller) -> Response:
+    """204 once paused; 409 when it already is (the E2B SDK reads that as
+    "already paused")."""
     await _visible(request, caller, sandbox_id)
-    raise _no_snapshots()
+    await platform(request).sandboxes.pause(caller.id, sandbox_id)
+    return Response(status_code=204)
 
 
-@router.post("/sandboxes/{sandbox_id}/resume")
+@router.post("/sandboxes/{sandbox_id}/resume", status_code=201)
 async def resume(sandbox_id: str, request: Request, caller: Caller) -> JSONResponse:
+    """201 with the sandbox once running again; 409 if it was not paused."""
     await _visible(request, caller, sandbox_id)
-    raise _no_snapshots()
-
+    raw = await request.body()
+    req = parse(ConnectE2b, raw) if raw.strip() else ConnectE2b()
+    service = platform(request).sandboxes
+    row, resumed = await service.resume(caller.id, sandbox_id, req.timeout)
+    if not resumed:
+        raise Conflict(f"Sandbox {sandbox_id} is not paused")
+    return JSONResponse(out(service, row), status_code=201)

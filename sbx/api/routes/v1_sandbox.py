@@ -88,3 +88,16 @@ async def set_timeout(sandbox_id: str, request: Request, caller: Caller
     await p.sandboxes.get(caller.id, sandbox_id)
     req = parse(SetTimeout, await request.body())
     return out(await p.sandboxes.set_timeout(caller.id, sandbox_id, req.timeout_min * 60))
+
+
+@router.post("/{sandbox_id}/pause", responses=ERRORS, response_model=SandboxOut)
+async def pause(sandbox_id: str, request: Request, caller: Caller) -> dict[str, object]:
+    """Snapshot memory, processes and disk; free the host. 409 if paused."""
+    return out(await platform(request).sandboxes.pause(caller.id, sandbox_id))
+
+
+@router.post("/{sandbox_id}/resume", responses=ERRORS, response_model=SandboxOut)
+async def resume(sandbox_id: str, request: Request, caller: Caller) -> dict[str, object]:
+    """Bring a paused sandbox back, same id, tokens, env and address."""
+    row, _ = await platform(request).sandboxes.resume(caller.id, sandbox_id)
+    return out(row)

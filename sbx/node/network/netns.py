@@ -10,6 +10,11 @@ from sbx.node.network.ipam import Addressing
 from sbx.node.proc import CommandError, run
 
 NETNS_DIR = Path("/var/run/netns")
+# The same two MACs on every veth pair (each pair is an L2 segment of its
+# own): a sandbox restored from a snapshot into a new netns keeps finding
+# its gateway at the MAC its restored netstack remembers.
+HOST_MAC = "02:73:62:78:00:01"
+SANDBOX_MAC = "02:73:62:78:00:02"
 
 
 async def create(netns: str, host_if: str, addr: Addressing) -> None:
@@ -20,7 +25,8 @@ async def create(netns: str, host_if: str, addr: Addressing) -> None:
     # between the sandbox and the host at all.
     host_batch = "\n".join(
         [
-            f"link add {host_if} type veth peer name eth0 netns {netns}",
+            f"link add {host_if} address {HOST_MAC} type veth "
+            f"peer name eth0 address {SANDBOX_MAC} netns {netns}",
             f"link set dev {host_if} addrgenmode none",
             f"addr add {addr.host_ip}/{addr.prefixlen} dev {host_if}",
             f"link set {host_if} up",

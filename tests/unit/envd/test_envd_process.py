@@ -291,8 +291,12 @@ def test_orphans_are_reaped(envd: Envd, rpc: Rpc) -> None:
     )
     assert result.exit["exitCode"] == 0
     # The orphaned sleep was re-parented to envd (it is a subreaper)...
-    orphans = [pid for pid, (_, cmd) in _children(envd.pid).items() if cmd == "sleep 0.47"]
-    assert orphans, _children(envd.pid)
+    def orphans_now() -> list[int]:
+        return [pid for pid, (_, cmd) in _children(envd.pid).items() if cmd == "sleep 0.47"]
+
+    # Re-parenting follows bash's exit closely, but not synchronously.
+    assert wait_until(lambda: bool(orphans_now()), timeout=2), _children(envd.pid)
+    orphans = orphans_now()
     # ...and once it exits envd reaps it: no zombie is left behind.
     assert wait_until(lambda: not any(p in _children(envd.pid) for p in orphans), timeout=5)
     assert not [p for p, (state, _) in _children(envd.pid).items() if state == "Z"]

@@ -1,0 +1,74 @@
+"""Egress routes on the seed-000 surface: replace a sandbox's network policy
+at runtime, and read its egress audit log."""
+
+from __future__ import annotations
+
+import hmac
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from sbx.api.deps import Caller, api_key, org, platform
+from sbx.api.routes.v1_sandbox import ERRORS, out
+from sbx.api.schemas.v1 import SandboxOut
+from sbx.core.errors import FieldError, InvalidRequest, NotFound
+from sbx.core.policy import NetworkPolicy
+from sbx.core.validation import parse
+from sbx.egress import audit
+
+router = APIRouter(prefix="/v1/sandbox", tags=["egress (v1)"])
+
+PROXY_TOKEN_HEADER = "x-security-proxy-token"
+MAX_LIMIT = 1000
+
+
+@router.put("/{sandbox_id}/network_policy", responses=ERRORS, response_model=SandboxOut)
+async def set_network_policy(sandbox_id: str, request: Request, caller: Caller
+                             ) -> dict[str, object]:
+    """Replace a running (or paused) sandbox's network policy; it applies
+    within a second, without a restart. Answers the sandbox as GET does."""
+    p = platform(request)
+    await p.sandboxes.get(caller.id, sandbox_id)
+    policy = parse(NetworkPolicy, await request.body())
+    return out(await p.egress.set_policy(caller.id, sandbox_id, policy))
+
+
+def _since(value: str | None) -> tuple[int | None, datetime | None]:
+    if value is None or value == "":
+        return None, None
+    if value.isdigit():
+        return int(value), None
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest([FieldError(
+            "since", "must be an entry id (a cursor) or an ISO 8601 time"
+        )]) from None
+    return None, at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+@router.get("/{sandbox_id}/audit", responses=ERRORS)
+async def read_audit(sandbox_id: str, request: Request, since: str | None = None,
+                     limit: int = 100) -> dict[str, Any]:
+    """The sandbox's egress attempts, oldest first. Authorised by the
+    organisation's API key, or by the sandbox's security-proxy token in
+    `X-Security-Proxy-Token`. Page on with `since=<next_since>`."""
+    p = platform(request)
+    token = request.headers.get(PROXY_TOKEN_HEADER)
+    if token is not None and api_key(request) is None:
+        row = await p.sandboxes.get(None, sandbox_id)
+        if not hmac.compare_digest(token.strip().encode(), row.proxy_token.encode()):
+            # The same answer as for an unknown sandbox: a token tells
+            # nothing about other sandboxes.
+            raise NotFound(f"Sandbox {sandbox_id} not found")
+    else:
+        caller = await org(request)
+        await p.sandboxes.get(caller.id, sandbox_id)
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidRequest([FieldError("limit", f"must be between 1 and {MAX_LIMIT}")])
+    after_id, at = _since(since)
+    rows = await audit.read(p.db, sandbox_id, after_id=after_id, since=at, limit=limit)
+    entries = [audit.entry_out(r) for r in rows]
+    next_since = entries[-1]["id"] if entries else (after_id if after_id is not None else since)
+    return {"sandbox_id": sandbox_id, "entries": entries, "next_since": next_since}
