@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     # Compress snapshot images (flate, best speed): smaller on disk, slower
     # to pause and resume. See docs/benchmarks.md for the trade-off.
     snapshot_compress: bool = False
+    # Template snapshots made at start, as "VCPUxMEMORY_MIB": seed 000's
+    # smallest sandbox and the base template's own size.
+    prewarm_snapshots: list[str] = Field(default_factory=lambda: ["1x512", "2x1024"])
     timeout_check_interval_s: float = 1.0
     # Memory given to gVisor on the host beyond memory_mib: the sentry, the
     # gofer and the reaction time of the in-sandbox memory guard.

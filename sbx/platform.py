@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 from sbx.config import Settings
 from sbx.core import accounts, templates
@@ -78,12 +79,18 @@ class Platform:
 
     async def _prepare(self) -> None:
         try:
-            await templates.ensure_base(self.db, self.settings, self.progress)
+            base = await templates.ensure_base(self.db, self.settings, self.progress)
         except Exception as exc:
             self.failure = f"building the base template failed: {exc}"
             log.exception("template build failed")
             return
         self.ready.set()
+        # Snapshots of the usual sizes, so that first creates are fast too.
+        for size in self.settings.prewarm_snapshots:
+            vcpu, _, memory = size.partition("x")
+            await self.agent.build_template_snapshot(
+                Path(base.rootfs), self.agent.visible_cpus(int(vcpu)), int(memory)
+            )
 
     async def _loop(self, duty: Callable[[], object], interval: float) -> None:
         while True:

@@ -112,7 +112,7 @@ class SandboxService:
             repo.add_event(s, sandbox_id, None, S.STARTING)
         plan = self._plan(row, tpl)
         try:
-            await asyncio.shield(self.agent.start(plan))
+            _, from_snapshot = await asyncio.shield(self.agent.start(plan))
         except (StartFailed, asyncio.CancelledError) as exc:
             # A failed create changes nothing: the row goes with the resources.
             await self._forget(sandbox_id)
@@ -120,7 +120,8 @@ class SandboxService:
                 raise
             raise Unavailable(f"The sandbox failed to start: {exc}") from exc
         async with self.db.transaction() as s:
-            await repo.set_state(s, sandbox_id, S.STARTING, S.RUNNING)
+            await repo.set_state(s, sandbox_id, S.STARTING, S.RUNNING,
+                                 "from template snapshot" if from_snapshot else "cold boot")
             fresh = await repo.sandbox(s, sandbox_id)
             assert fresh is not None
             if fresh.timeout_s:

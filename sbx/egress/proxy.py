@@ -24,6 +24,7 @@ import logging
 import socket
 import ssl
 import struct
+from collections import defaultdict
 from collections.abc import Callable
 
 from sbx.core.policy import PolicyMode
@@ -90,6 +91,7 @@ class Proxy:
         self._sock: socket.socket | None = None
         self._accept: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._open: defaultdict[str, int] = defaultdict(int)
 
     async def start(self, port: int = 0) -> int:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -143,14 +145,21 @@ class Proxy:
             # Straight to the proxy's own port, or to the host: never.
             self._deny(sb, conn, "tcp", None, ip, port, "never:host")
             return
-        if len(sb.flows) >= MAX_FLOWS_PER_SANDBOX:
+        # Counted from accept on, so idle connections that never say what
+        # they want cannot exhaust the host's descriptors either.
+        if self._open[sb.sandbox_id] >= MAX_FLOWS_PER_SANDBOX:
             self._deny(sb, conn, "tcp", None, ip, port, "too-many-connections")
             return
+        self._open[sb.sandbox_id] += 1
         try:
             await self._dispatch(sb, conn, ip, port)
         except Exception:
             log.exception("egress proxy failed on a connection of %s", sb.sandbox_id)
             reset(conn)
+        finally:
+            self._open[sb.sandbox_id] -= 1
+            if self._open[sb.sandbox_id] <= 0:
+                del self._open[sb.sandbox_id]
 
     async def _dispatch(self, sb: SandboxEgress, conn: socket.socket, ip: str, port: int) -> None:
         try:

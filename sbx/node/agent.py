@@ -6,16 +6,20 @@ never leaks a resource."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
+import secrets
 import shutil
 import time
+from collections import defaultdict
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sbx.config import Settings
-from sbx.core.policy import NetworkPolicy, default_policy
+from sbx.core.policy import NetworkPolicy, PolicyMode, default_policy
 from sbx.egress import trust
 from sbx.egress.audit import AuditSink, discard
 from sbx.egress.service import EgressService, SandboxNet
@@ -46,6 +50,8 @@ class SandboxPlan:
     init: dict[str, Any] | None = None
     # Enforced on the host from before the sandbox boots.
     network_policy: NetworkPolicy = field(default_factory=default_policy)
+    # Start from the template's snapshot when one exists (else cold boot).
+    from_snapshot: bool = True
 
 
 class StartFailed(Exception):
@@ -69,6 +75,11 @@ class NodeAgent:
             memory_headroom_mib=settings.memory_headroom_mib,
         )
         self.host_cpus = os.cpu_count() or 1
+        # Template snapshots being made: their sandboxes are in no store.
+        self._building: set[str] = set()
+        self._builds = 0
+        self._build_locks: defaultdict[Path, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._tasks: set[asyncio.Task[object]] = set()
         self.egress = EgressService(settings, self.table, audit or discard)
 
     # -- naming -----------------------------------------------------------
@@ -108,9 +119,80 @@ class NodeAgent:
                           self.addressing(slot).sandbox_ip,
                           self.sandbox_dir(sandbox_id) / "egress")
 
-    async def start(self, plan: SandboxPlan) -> Addressing:
-        """Cold boot: a new sandbox from its template's root filesystem."""
-        return await self._bring_up(plan, None)
+    async def start(self, plan: SandboxPlan) -> tuple[Addressing, bool]:
+        """A new sandbox: restored from its template's snapshot for its
+        visible CPUs and memory when there is one, with its identity (token,
+        env, memory limit) given to envd right after; else booted cold, and
+        a snapshot for next time is made in the background. Answers the
+        address and whether it came from a snapshot."""
+        image = self.template_snapshot(plan.rootfs, self.visible_cpus(plan.vcpu), plan.memory_mib)
+        ready = plan.from_snapshot and (
+            await asyncio.to_thread(snapshots.verify, image, False) is not None
+        )
+        if ready:
+            identity = {
+                "accessToken": plan.envd_token,
+                "envVars": plan.env,
+                "memoryMib": plan.memory_mib,
+                **(plan.init or {}),
+            }
+            addr = await self._bring_up(dataclasses.replace(plan, init=identity), image)
+            return addr, True
+        addr = await self._bring_up(plan, None)
+        if plan.from_snapshot:
+            self._background(self.build_template_snapshot(
+                plan.rootfs, self.visible_cpus(plan.vcpu), plan.memory_mib))
+        return addr, False
+
+    # -- template snapshots --------------------------------------------------------
+    def visible_cpus(self, vcpu: int) -> int:
+        return min(vcpu, self.host_cpus)
+
+    def template_snapshot(self, rootfs: Path, cpus: int, memory_mib: int) -> Path:
+        """One image per visible CPU count and memory size: both are fixed in
+        a gVisor kernel at boot, so a sandbox must come from a matching one."""
+        return rootfs.parent / "snapshots" / f"c{cpus}-m{memory_mib}"
+
+    def _background(self, coro: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def build_template_snapshot(self, rootfs: Path, cpus: int, memory_mib: int) -> bool:
+        """Boot the template with no identity (no token, no env), wait for
+        envd, checkpoint it into a sealed image. Safe to call concurrently."""
+        final = self.template_snapshot(rootfs, cpus, memory_mib)
+        async with self._build_locks[final]:
+            if await asyncio.to_thread(snapshots.verify, final, False) is not None:
+                return True
+            sandbox_id = "sbx-" + secrets.token_hex(4)
+            self._building.add(sandbox_id)
+            self._builds += 1
+            plan = SandboxPlan(
+                id=sandbox_id, rootfs=rootfs, slot=self.pool.reserved(self._builds),
+                vcpu=cpus, memory_mib=memory_mib, disk_mib=256, env={}, envd_token="",
+                network_policy=NetworkPolicy(mode=PolicyMode.DENY_ALL), from_snapshot=False,
+            )
+            try:
+                addr = await self._bring_up(plan, None, trust_store=False)
+                await envd_probe.prepare_snapshot(addr.sandbox_ip, self.settings.envd_port, "")
+                tmp = await asyncio.to_thread(snapshots.staging, final)
+                try:
+                    await self.runtime.checkpoint(sandbox_id, tmp, compress=False)
+                    await asyncio.to_thread(
+                        snapshots.seal, tmp, final, {"cpus": cpus, "memory_mib": memory_mib}
+                    )
+                except BaseException:
+                    await asyncio.to_thread(shutil.rmtree, tmp, True)
+                    raise
+                log.info("template snapshot %s ready", final)
+                return True
+            except Exception as exc:
+                log.warning("template snapshot %s failed: %s", final, exc)
+                return False
+            finally:
+                await self.stop(sandbox_id)
+                self._building.discard(sandbox_id)
 
     async def _bring_up(
         self, plan: SandboxPlan, image: Path | None, trust_store: bool = True
@@ -265,12 +347,13 @@ class NodeAgent:
     async def reconcile(self, keep: set[str]) -> set[str]:
         """Tear down every sandbox resource not in keep; answer which of keep
         no longer run (the caller marks those)."""
+        keep = keep | self._building
         present = await self.host_sandboxes()
         for sandbox_id in sorted(present - keep):
             log.info("reconcile: removing leftover sandbox %s", sandbox_id)
             await self.forget(sandbox_id)
         running = await self.runtime.list()
-        return {s for s in keep if running.get(s) != RuntimeState.RUNNING}
+        return {s for s in keep - self._building if running.get(s) != RuntimeState.RUNNING}
 
     async def shutdown_all(self) -> None:
         for sandbox_id in sorted(await self.host_sandboxes()):

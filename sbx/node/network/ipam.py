@@ -30,8 +30,14 @@ class AddressPool:
             slot, str(ipaddress.IPv4Address(base + 1)), str(ipaddress.IPv4Address(base + 2))
         )
 
+    # The last slots are the node's own, for booting template snapshots.
+    RESERVED = 4
+
     def first_free(self, used: set[int]) -> int:
-        for slot in range(1, self.size):
+        for slot in range(1, self.size - self.RESERVED):
             if slot not in used:
                 return slot
         raise LookupError("address pool exhausted")
+
+    def reserved(self, index: int) -> int:
+        return self.size - 1 - (index % self.RESERVED)
