@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import os
 import secrets
 import shutil
+import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Coroutine
@@ -26,6 +28,7 @@ from sbx.egress.service import EgressService, SandboxNet
 from sbx.node import disk, envd_probe, snapshots
 from sbx.node.network import firewall, netns
 from sbx.node.network.ipam import Addressing, AddressPool
+from sbx.node.rootfs import ENVD_SRC
 from sbx.node.runtime.base import Launch, RuntimeState
 from sbx.node.runtime.gvisor import GVisorRuntime
 
@@ -75,6 +78,7 @@ class NodeAgent:
             memory_headroom_mib=settings.memory_headroom_mib,
         )
         self.host_cpus = os.cpu_count() or 1
+        self.fingerprint = _fingerprint(settings.runsc)
         # Template snapshots being made: their sandboxes are in no store.
         self._building: set[str] = set()
         self._builds = 0
@@ -150,8 +154,10 @@ class NodeAgent:
 
     def template_snapshot(self, rootfs: Path, cpus: int, memory_mib: int) -> Path:
         """One image per visible CPU count and memory size: both are fixed in
-        a gVisor kernel at boot, so a sandbox must come from a matching one."""
-        return rootfs.parent / "snapshots" / f"c{cpus}-m{memory_mib}"
+        a gVisor kernel at boot, so a sandbox must come from a matching one.
+        The name carries a fingerprint of envd and runsc: an image of an older
+        envd (or one runsc may not restore) is never used."""
+        return rootfs.parent / "snapshots" / f"c{cpus}-m{memory_mib}-{self.fingerprint}"
 
     def _background(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.create_task(coro)
@@ -186,6 +192,10 @@ class NodeAgent:
                     await asyncio.to_thread(shutil.rmtree, tmp, True)
                     raise
                 log.info("template snapshot %s ready", final)
+                # Images of an older envd or runsc are of no use any more.
+                for old in final.parent.glob(f"c{cpus}-m{memory_mib}-*"):
+                    if old.name != final.name and "." not in old.name:
+                        await asyncio.to_thread(snapshots.remove, old)
                 return True
             except Exception as exc:
                 log.warning("template snapshot %s failed: %s", final, exc)
@@ -359,3 +369,16 @@ class NodeAgent:
         for sandbox_id in sorted(await self.host_sandboxes()):
             await self.forget(sandbox_id)
         await firewall.remove(self.table)
+
+
+def _fingerprint(runsc: str) -> str:
+    """Short hash of envd's code and the runsc binary's version."""
+    h = hashlib.sha256()
+    for path in sorted(ENVD_SRC.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    try:
+        h.update(subprocess.run([runsc, "--version"], capture_output=True, timeout=10).stdout)
+    except (OSError, subprocess.TimeoutExpired):
+        h.update(b"no runsc")
+    return h.hexdigest()[:10]
