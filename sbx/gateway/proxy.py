@@ -54,11 +54,11 @@ class Gateway:
     def __init__(self, app: ASGIApp, service: SandboxService) -> None:
         self.app = app
         self.service = service
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=5.0, read=None, write=60.0, pool=10.0),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-            follow_redirects=False,
-        )
+        # One pool per sandbox: addresses are reused by later sandboxes, and
+        # a kept-alive connection to a sandbox that vanished (no FIN from a
+        # netstack that is gone) must never carry the next one's requests.
+        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._owner: dict[str, str] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -107,9 +107,10 @@ class Gateway:
         url = f"http://{route.ip}:{port}{path.decode('latin-1')}"
         if qs:
             url += "?" + qs.decode("latin-1")
-        req = self.client.build_request(scope["method"], url, headers=headers, content=content)
+        client = await self._client(sandbox_id, route.ip)
+        req = client.build_request(scope["method"], url, headers=headers, content=content)
         try:
-            resp = await self.client.send(req, stream=True)
+            resp = await client.send(req, stream=True)
         except httpx.HTTPError as exc:
             await _error(send, 502, f"Sandbox {sandbox_id} port {port} is not reachable: {exc}")
             return
@@ -125,8 +126,31 @@ class Gateway:
         finally:
             await resp.aclose()
 
+    async def _client(self, sandbox_id: str, ip: str) -> httpx.AsyncClient:
+        owner = self._owner.get(ip)
+        if owner is not None and owner != sandbox_id:
+            stale = self._clients.pop(owner, None)
+            if stale is not None:
+                await stale.aclose()
+        self._owner[ip] = sandbox_id
+        client = self._clients.get(sandbox_id)
+        if client is None and len(self._clients) >= 512:
+            # Dicts keep insertion order: the oldest pool goes first.
+            oldest = next(iter(self._clients))
+            await self._clients.pop(oldest).aclose()
+        if client is None:
+            client = httpx.AsyncClient(
+                timeout=httpx.Timeout(connect=5.0, read=None, write=60.0, pool=10.0),
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+                follow_redirects=False,
+            )
+            self._clients[sandbox_id] = client
+        return client
+
     async def aclose(self) -> None:
-        await self.client.aclose()
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
 
 
 async def _read_all(receive: Receive) -> bytes:

@@ -120,8 +120,13 @@ class NodeAgent:
 
     def egress_net(self, sandbox_id: str, slot: int) -> SandboxNet:
         return SandboxNet(sandbox_id, self.host_if(sandbox_id),
-                          self.addressing(slot).sandbox_ip,
-                          self.sandbox_dir(sandbox_id) / "egress")
+                          self.addressing(slot).sandbox_ip, self.egress_dir(sandbox_id))
+
+    def egress_dir(self, sandbox_id: str) -> Path:
+        """The sandbox's egress CA, outside its own directory: a paused
+        sandbox still trusts it when restored, so it lives as long as the
+        sandbox does, snapshot included."""
+        return self.settings.data_dir / "egress" / sandbox_id
 
     async def start(self, plan: SandboxPlan) -> tuple[Addressing, bool]:
         """A new sandbox: restored from its template's snapshot for its
@@ -318,6 +323,7 @@ class NodeAgent:
         """stop(), and remove the sandbox's snapshot too."""
         await self.stop(sandbox_id)
         await asyncio.to_thread(snapshots.remove, self.snapshot_path(sandbox_id))
+        await asyncio.to_thread(shutil.rmtree, self.egress_dir(sandbox_id), True)
 
     async def stop(self, sandbox_id: str) -> None:
         """Remove every host resource of the sandbox except its snapshot;
@@ -328,6 +334,8 @@ class NodeAgent:
         await netns.destroy(self.netns_name(sandbox_id), self.host_if(sandbox_id))
         await disk.destroy(sdir / "disk.img", sdir / "upper")
         await asyncio.to_thread(shutil.rmtree, sdir, True)
+        if not self.snapshot_path(sandbox_id).exists():
+            await asyncio.to_thread(shutil.rmtree, self.egress_dir(sandbox_id), True)
 
     async def is_alive(self, sandbox_id: str, slot: int) -> bool:
         if await self.runtime.state(sandbox_id) != RuntimeState.RUNNING:
@@ -352,6 +360,9 @@ class NodeAgent:
             ids.update(p.name.split(".")[0] for p in snaps.iterdir())
         ids.update(await self.egress.firewall_ids())
         ids.update(self.egress.attached())
+        egress_root = self.settings.data_dir / "egress"
+        if egress_root.exists():
+            ids.update(p.name for p in egress_root.iterdir())
         return ids
 
     async def reconcile(self, keep: set[str]) -> set[str]:

@@ -28,6 +28,7 @@ from tests.integration.server import Server, leaks, mounts_of
 ROOT = Path(__file__).resolve().parents[3]
 SECURITY_DOC = ROOT / "docs" / "security.md"
 PROBE_SCRIPT = Path(__file__).with_name("probe.py")
+RCODES = {0: "NOERROR", 2: "SERVFAIL", 3: "NXDOMAIN", 5: "REFUSED"}
 SECRET = "Bearer sk-live-Zq8wX2vN4mP7rT1y"
 SECRET_KEY = "key-Hd93kLm20PqWzX"
 
@@ -162,8 +163,10 @@ class Report:
         ]
         for o in self.outcomes:
             verdict = "**ESCAPED**: " + o.reason if o.escaped else "refused"
-            detail = o.result.get("error") or o.result.get("head", "")[:40] or o.result.get(
-                "out", "")[:40]
+            rcode = o.result.get("rcode")
+            detail = (o.result.get("error") or o.result.get("head", "")[:40]
+                      or o.result.get("out", "")[:40]
+                      or (RCODES.get(rcode, f"rcode {rcode}") if rcode is not None else ""))
             detail = str(detail).replace("|", "/").replace("\n", " ").strip()
             lines.append(f"| `{o.probe.id}` | {o.probe.mode} | {o.probe.category} | "
                          f"{o.probe.what} | {verdict} ({o.result.get('elapsed', '?')} s"

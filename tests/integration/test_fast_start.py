@@ -1,0 +1,95 @@
+"""Fast start from template snapshots: a new sandbox is a restore of its
+template's snapshot, with its own identity, address and writable layer."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sbx import Sandbox
+from tests.integration.server import TEMPLATES, Server
+
+pytestmark = pytest.mark.integration
+TOUCH = "python3 -c \"b = bytearray({mib} << 20); b[::4096] = b'x' * len(b[::4096]); print('ok')\""
+
+
+def how_started(server: Server, sandbox_id: str) -> str:
+    with sqlite3.connect(server.data_dir / "sbx.db") as db:
+        row = db.execute(
+            "SELECT detail FROM sandbox_events WHERE sandbox_id = ? AND to_state = 'running' "
+            "ORDER BY id LIMIT 1", (sandbox_id,)).fetchone()
+    return str(row[0]) if row else "?"
+
+
+def snapshots_of(server: Server) -> list[str]:
+    d = TEMPLATES / "base" / "snapshots"
+    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+def test_prewarmed_sizes_start_from_snapshot_with_their_own_identity(
+    sbx_server: Server, org_key: str
+) -> None:
+    # Prewarming follows /health's 200 by a few seconds.
+    deadline = time.monotonic() + 60
+    while not any(n.startswith("c1-m512-") for n in snapshots_of(sbx_server)):
+        assert time.monotonic() < deadline, snapshots_of(sbx_server)
+        time.sleep(0.5)
+    made: list[Sandbox] = []
+    errors: list[BaseException] = []
+
+    def create(i: int) -> None:
+        try:
+            made.append(Sandbox.create(api_url=sbx_server.url, api_key=org_key, vcpu=1,
+                                       memory_mib=512, env_vars={"WHO": f"sandbox-{i}"}))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    # Two concurrent restores from the same image.
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors, errors
+        a, b = made
+        for sb in made:
+            assert how_started(sbx_server, sb.sandbox_id) == "from template snapshot"
+            assert sb.commands.run("nproc").stdout.strip() == "1"
+        assert {a.commands.run("echo $WHO").stdout, b.commands.run("echo $WHO").stdout} == {
+            "sandbox-0\n", "sandbox-1\n"}
+        ip = "ip -4 -o addr show eth0 | awk '{print $4}'"
+        assert a.commands.run(ip).stdout != b.commands.run(ip).stdout
+        # Writable layers are their own.
+        a.files.write("/root/only-a.txt", "a")
+        assert not b.files.exists("/root/only-a.txt")
+        # Tokens are their own: A's token does not open B's envd.
+        r = httpx.get(f"{sbx_server.url}/files", params={"path": "/etc/hostname"},
+                      headers={"E2b-Sandbox-Id": b.sandbox_id,
+                               "X-Access-Token": a.envd_access_token})
+        assert r.status_code == 401
+        # The memory limit reached envd through /init: beyond it, killed.
+        r1 = a.commands.run(TOUCH.format(mib=900))
+        assert r1.exit_code != 0 and "ok" not in r1.stdout
+        assert a.commands.run("echo alive").stdout == "alive\n"
+    finally:
+        for sb in made:
+            sb.kill()
+
+
+def test_unknown_size_boots_cold_then_gets_a_snapshot(sbx_server: Server, org_key: str) -> None:
+    with Sandbox.create(api_url=sbx_server.url, api_key=org_key, vcpu=1, memory_mib=640) as sb:
+        assert how_started(sbx_server, sb.sandbox_id) == "cold boot"
+        assert sb.commands.run("echo hi").stdout == "hi\n"
+    deadline = time.monotonic() + 60
+    while not any(n.startswith("c1-m640-") for n in snapshots_of(sbx_server)):
+        assert time.monotonic() < deadline, snapshots_of(sbx_server)
+        time.sleep(0.5)
+    with Sandbox.create(api_url=sbx_server.url, api_key=org_key, vcpu=1, memory_mib=640) as sb:
+        assert how_started(sbx_server, sb.sandbox_id) == "from template snapshot"
+        assert sb.commands.run("echo hi").stdout == "hi\n"
