@@ -20,6 +20,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -61,7 +62,7 @@ def main() -> None:
     ap.add_argument("--platform", default="systrap")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    results: dict[str, object] = {"platform": args.platform}
+    results: dict[str, Any] = {"platform": args.platform}
 
     work = Path(tempfile.mkdtemp(prefix="sbx-bench-", dir="/var/tmp"))
     server = Server(work / "data", subnet="10.234.0.0/20",
@@ -136,20 +137,20 @@ def main() -> None:
         server.teardown()
         subprocess.run(["rm", "-rf", str(work)])
 
-    c = results["create"]  # type: ignore[index]
+    c = results["create"]
     print(f"platform {args.platform}, host CPUs {os.cpu_count()}")
     print(f"create -> running   sbx p50 {ms(c['sbx']['p50'])} p95 {ms(c['sbx']['p95'])} | "
           f"bare runsc run p50 {ms(c['bare_runsc_run']['p50'])} p95 "
           f"{ms(c['bare_runsc_run']['p95'])} | ratio p50 "
           f"{c['sbx']['p50'] / c['bare_runsc_run']['p50']:.2f}")
-    e = results["exec_true"]  # type: ignore[index]
+    e = results["exec_true"]
     line = (f"run('true')        gateway p50 {ms(e['sbx_gateway']['p50'])} p95 "
             f"{ms(e['sbx_gateway']['p95'])} | runsc exec p50 {ms(e['runsc_exec']['p50'])} | "
             f"ratio {e['sbx_gateway']['p50'] / e['runsc_exec']['p50']:.2f}")
     if "sbx_direct_envd" in e:
         line += f" | direct envd p50 {ms(e['sbx_direct_envd']['p50'])}"
     print(line)
-    m = results["idle_memory_mib"]  # type: ignore[index]
+    m = results["idle_memory_mib"]
     print(f"idle memory/sandbox PSS p50 {m['pss_per_sandbox']['p50']:.1f} MiB "
           f"(max {m['pss_per_sandbox']['max']:.1f}); memcg p50 "
           f"{m['memcg_per_sandbox']['p50']:.1f} MiB, over {args.idle} sandboxes")

@@ -1,0 +1,146 @@
+"""Snapshot benchmarks (issue: memory snapshots), each next to a bare
+`runsc checkpoint`/`restore` of a sandbox of the same rootfs in the same run:
+
+- create -> running from a template snapshot (warm pool empty), 30 creates,
+  against a bare `runsc restore` until HTTP 200;
+- pause and resume of a sandbox that touched 100 MiB, against bare
+  checkpoint/restore of a sandbox holding 100 MiB, with and without
+  compression (size on disk and time).
+
+Run as root:  .venv/bin/python -m bench.bench_snapshots [--creates 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.baseline import BareRunsc
+from bench.stats import ms, summary
+from sbx import Sandbox
+from tests.integration.server import TEMPLATES, Server
+
+HOLD = ("nohup python3 -c \"b = bytearray(100 << 20); b[::4096] = b'x' * len(b[::4096]); "
+        "import time; time.sleep(10**6)\" >/dev/null 2>&1 &")
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def bare_cycle(rootfs: Path, work: Path, index: int, ballast: int, compression: str
+               ) -> tuple[float, float, int]:
+    b = BareRunsc(rootfs, work, index, ballast_mib=ballast)
+    image = work / f"img-{index}"
+    try:
+        b.boot()
+        ck = b.checkpoint(image, compression)
+        size = du(image)
+        rs = b.restore(image)
+        return ck, rs, size
+    finally:
+        b.destroy()
+        shutil.rmtree(image, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--creates", type=int, default=30)
+    ap.add_argument("--cycles", type=int, default=5)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="sbx-bench-", dir="/var/tmp"))
+    rootfs = TEMPLATES / "base" / "rootfs"
+    server = Server(work / "data", subnet="10.234.16.0/20")
+    out: dict[str, Any] = {}
+    try:
+        server.start()
+        org = f"bench-{uuid.uuid4().hex[:6]}"
+        key = server.new_org(org)
+        server.admin("tier", "set", "bench", "--max-sandboxes", "20", "--creates-per-minute",
+                     "1000")
+        server.admin("org", "set", org, "--tier", "bench")
+        h = {"X-API-Key": key}
+        # Wait for the prewarmed template snapshot of 1 vCPU / 512 MiB.
+        snaps = TEMPLATES / "base" / "snapshots"
+        deadline = time.monotonic() + 120
+        while not any(p.name.startswith("c1-m512-") and "." not in p.name
+                      for p in (snaps.iterdir() if snaps.exists() else [])):
+            assert time.monotonic() < deadline, "no template snapshot"
+            time.sleep(0.5)
+
+        creates, bare_restores = [], []
+        for i in range(args.creates):
+            _, rs, _ = bare_cycle(rootfs, work, i % 100, 0, "none")
+            bare_restores.append(rs)
+            t0 = time.perf_counter()
+            r = httpx.post(server.url + "/v1/sandbox/", headers=h, timeout=60,
+                           json={"template_name": "base", "vcpu": 1, "memory_mib": 512})
+            creates.append(time.perf_counter() - t0)
+            assert r.status_code == 201, r.text
+            httpx.delete(f"{server.url}/v1/sandbox/{r.json()['id']}", headers=h, timeout=60)
+        out["create_from_snapshot"] = {"sbx": summary(creates),
+                                       "bare_restore": summary(bare_restores)}
+
+        pauses, resumes, sizes = [], [], []
+        bare: dict[str, tuple[list[float], list[float], list[int]]] = {
+            "none": ([], [], []), "flate-best-speed": ([], [], [])}
+        for i in range(args.cycles):
+            for comp, (cks, rss, szs) in bare.items():
+                ck, rs, size = bare_cycle(rootfs, work, 100 + i, 100, comp)
+                cks.append(ck)
+                rss.append(rs)
+                szs.append(size)
+            with Sandbox.create(api_url=server.url, api_key=key, vcpu=1, memory_mib=512) as sb:
+                sb.commands.run(HOLD)
+                time.sleep(2)
+                t0 = time.perf_counter()
+                sb.pause()
+                pauses.append(time.perf_counter() - t0)
+                snap = server.data_dir / "snapshots" / sb.sandbox_id
+                sizes.append(du(snap))
+                t0 = time.perf_counter()
+                sb.resume()
+                resumes.append(time.perf_counter() - t0)
+                assert sb.commands.run("echo ok").stdout == "ok\n"
+        out["pause_resume_100mib"] = {
+            "sbx_pause": summary(pauses), "sbx_resume": summary(resumes),
+            "sbx_snapshot_mib": summary([s / 2**20 for s in sizes]),
+            **{f"bare_{c}_checkpoint": summary(v[0]) for c, v in bare.items()},
+            **{f"bare_{c}_restore": summary(v[1]) for c, v in bare.items()},
+            **{f"bare_{c}_image_mib": summary([s / 2**20 for s in v[2]]) for c, v in bare.items()},
+        }
+    finally:
+        server.teardown()
+        subprocess.run(["rm", "-rf", str(work)])
+
+    c = out["create_from_snapshot"]
+    print(f"create from template snapshot  sbx p50 {ms(c['sbx']['p50'])} p95 {ms(c['sbx']['p95'])}"
+          f" | bare restore p50 {ms(c['bare_restore']['p50'])} p95 "
+          f"{ms(c['bare_restore']['p95'])} | ratio p50 "
+          f"{c['sbx']['p50'] / c['bare_restore']['p50']:.2f}")
+    p = out["pause_resume_100mib"]
+    print(f"pause (100 MiB touched)        sbx p50 {ms(p['sbx_pause']['p50'])} | bare checkpoint "
+          f"none {ms(p['bare_none_checkpoint']['p50'])}, flate "
+          f"{ms(p['bare_flate-best-speed_checkpoint']['p50'])}")
+    print(f"resume                         sbx p50 {ms(p['sbx_resume']['p50'])} | bare restore "
+          f"none {ms(p['bare_none_restore']['p50'])}, flate "
+          f"{ms(p['bare_flate-best-speed_restore']['p50'])}")
+    print(f"snapshot size                  sbx {p['sbx_snapshot_mib']['p50']:.1f} MiB | bare none "
+          f"{p['bare_none_image_mib']['p50']:.1f} MiB, flate "
+          f"{p['bare_flate-best-speed_image_mib']['p50']:.1f} MiB")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
