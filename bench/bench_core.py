@@ -27,7 +27,7 @@ import httpx
 from bench.baseline import BareRunsc
 from bench.stats import ms, summary
 from sbx import Sandbox
-from tests.integration.server import TEMPLATES, Server
+from tests.integration.server import TEMPLATES, Server, free_subnet
 
 
 def pss_kib(pid: int) -> int:
@@ -65,7 +65,7 @@ def main() -> None:
     results: dict[str, Any] = {"platform": args.platform}
 
     work = Path(tempfile.mkdtemp(prefix="sbx-bench-", dir="/var/tmp"))
-    server = Server(work / "data", subnet="10.234.0.0/20",
+    server = Server(work / "data", subnet=free_subnet(),
                     extra_env={"SBX_PLATFORM": args.platform})
     rootfs = TEMPLATES / "base" / "rootfs"
     try:

@@ -27,7 +27,7 @@ import httpx
 from bench.baseline import BareRunsc
 from bench.stats import ms, summary
 from sbx import Sandbox
-from tests.integration.server import TEMPLATES, Server
+from tests.integration.server import TEMPLATES, Server, free_subnet
 
 HOLD = ("nohup python3 -c \"b = bytearray(100 << 20); b[::4096] = b'x' * len(b[::4096]); "
         "import time; time.sleep(10**6)\" >/dev/null 2>&1 &")
@@ -60,7 +60,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sbx-bench-", dir="/var/tmp"))
     rootfs = TEMPLATES / "base" / "rootfs"
-    server = Server(work / "data", subnet="10.234.16.0/20")
+    server = Server(work / "data", subnet=free_subnet())
     out: dict[str, Any] = {}
     try:
         server.start()

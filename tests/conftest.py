@@ -11,14 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.server import Server, leaks, mounts_of
+from tests.integration.server import Server, free_subnet, leaks, mounts_of
 
 
 @pytest.fixture(scope="session")
 def sbx_server() -> Iterator[Server]:
     if os.geteuid() != 0:
         raise RuntimeError("the sbx server fixture needs root (runsc, netns, nftables)")
-    server = Server(Path(f"/var/tmp/sbx-test-{uuid.uuid4().hex[:8]}"), subnet="10.233.0.0/20")
+    server = Server(Path(f"/var/tmp/sbx-test-{uuid.uuid4().hex[:8]}"), subnet=free_subnet())
     try:
         server.start()
         yield server

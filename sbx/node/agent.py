@@ -111,6 +111,13 @@ class NodeAgent:
 
     # -- lifecycle ----------------------------------------------------------
     async def setup(self) -> None:
+        clash = await netns.foreign_routes(self.settings.subnet, self.if_prefix)
+        if clash:
+            raise RuntimeError(
+                f"the sandbox address pool {self.settings.subnet} is already routed on this "
+                f"host ({', '.join(clash[:3])}): another sbx server or network uses it; "
+                "choose another with SBX_SUBNET"
+            )
         self.settings.sandboxes_dir.mkdir(parents=True, exist_ok=True)
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.runtime.prepare_cgroups)
@@ -197,6 +204,11 @@ class NodeAgent:
                     await asyncio.to_thread(shutil.rmtree, tmp, True)
                     raise
                 log.info("template snapshot %s ready", final)
+                # Half-written images of a crashed build (old enough not to be
+                # another server's build in progress, where a cache is shared).
+                for tmp in snapshots.leftovers(final.parent):
+                    if time.time() - tmp.stat().st_mtime > 600:
+                        await asyncio.to_thread(shutil.rmtree, tmp, True)
                 # Images of an older envd or runsc are of no use any more.
                 for old in final.parent.glob(f"c{cpus}-m{memory_mib}-*"):
                     if old.name != final.name and "." not in old.name:

@@ -46,6 +46,7 @@ class _SandboxBase:
     def __init__(self, sandbox_id: str, envd_access_token: str | None) -> None:
         self._sandbox_id = sandbox_id
         self._envd_access_token = envd_access_token
+        self._killed = False
 
     @property
     def sandbox_id(self) -> str:
@@ -178,7 +179,10 @@ class Sandbox(_SandboxBase):
 
     def kill(self) -> bool:
         """Delete the sandbox and release the connections; False when it was
-        already gone."""
+        already gone (also when this object killed it before)."""
+        if self._killed:
+            return False
+        self._killed = True
         try:
             self._transport.call(control.delete(self._sandbox_id))
         except NotFoundError:
@@ -304,6 +308,9 @@ class AsyncSandbox(_SandboxBase):
         return await self._transport.call(control.resume(self._sandbox_id))
 
     async def kill(self) -> bool:
+        if self._killed:
+            return False
+        self._killed = True
         try:
             await self._transport.call(control.delete(self._sandbox_id))
         except NotFoundError:

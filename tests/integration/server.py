@@ -3,6 +3,7 @@ host resources ends with. Kept out of conftest so that benchmarks reuse it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -22,6 +23,37 @@ ROOT = Path(__file__).resolve().parents[2]
 SBX = str(Path(sys.executable).parent / "sbx")
 # One template cache for every test server, so `base` is built once per machine.
 TEMPLATES = Path(os.environ.get("SBX_TEST_TEMPLATES", "/var/cache/sbx-test/templates"))
+
+
+_SUBNET_LOCKS = Path("/run/sbx-test-subnets")
+_held: list[object] = []
+
+
+def free_subnet(size: int = 20) -> str:
+    """A /size in 10.240.0.0/12 that no route of this host touches, locked
+    (flock, for this process's life) against other test runs choosing it too."""
+    import fcntl
+    import ipaddress
+
+    routes = subprocess.run(["ip", "-4", "-o", "route", "show"], capture_output=True,
+                            text=True).stdout.split()
+    used = []
+    for word in routes:
+        with contextlib.suppress(ValueError):
+            used.append(ipaddress.ip_network(word, strict=False))
+    _SUBNET_LOCKS.mkdir(parents=True, exist_ok=True)
+    for net in ipaddress.ip_network("10.240.0.0/12").subnets(new_prefix=size):
+        if any(net.overlaps(u) for u in used if u.prefixlen > 0):
+            continue
+        f = open(_SUBNET_LOCKS / str(net).replace("/", "_"), "w")  # noqa: SIM115
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        _held.append(f)
+        return str(net)
+    raise RuntimeError("no free test subnet")
 
 
 def free_port() -> int:

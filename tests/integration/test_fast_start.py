@@ -3,10 +3,10 @@ template's snapshot, with its own identity, address and writable layer."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -46,7 +46,7 @@ def test_prewarmed_sizes_start_from_snapshot_with_their_own_identity(
         try:
             made.append(Sandbox.create(api_url=sbx_server.url, api_key=org_key, vcpu=1,
                                        memory_mib=512, env_vars={"WHO": f"sandbox-{i}"}))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     # Two concurrent restores from the same image.
@@ -83,13 +83,21 @@ def test_prewarmed_sizes_start_from_snapshot_with_their_own_identity(
 
 
 def test_unknown_size_boots_cold_then_gets_a_snapshot(sbx_server: Server, org_key: str) -> None:
-    with Sandbox.create(api_url=sbx_server.url, api_key=org_key, vcpu=1, memory_mib=640) as sb:
+    # A size no earlier run made an image of (the cache is shared by runs).
+    have = {n.split("-")[1] for n in snapshots_of(sbx_server)}
+    mib = next(m for m in range(514, 8192, 2) if f"m{m}" not in have)
+    with Sandbox.create(api_url=sbx_server.url, api_key=org_key, vcpu=1, memory_mib=mib) as sb:
         assert how_started(sbx_server, sb.sandbox_id) == "cold boot"
         assert sb.commands.run("echo hi").stdout == "hi\n"
     deadline = time.monotonic() + 60
-    while not any(n.startswith("c1-m640-") for n in snapshots_of(sbx_server)):
+    while not any(n.startswith(f"c1-m{mib}-") for n in snapshots_of(sbx_server)):
         assert time.monotonic() < deadline, snapshots_of(sbx_server)
         time.sleep(0.5)
-    with Sandbox.create(api_url=sbx_server.url, api_key=org_key, vcpu=1, memory_mib=640) as sb:
-        assert how_started(sbx_server, sb.sandbox_id) == "from template snapshot"
-        assert sb.commands.run("echo hi").stdout == "hi\n"
+    try:
+        with Sandbox.create(api_url=sbx_server.url, api_key=org_key, vcpu=1,
+                            memory_mib=mib) as sb:
+            assert how_started(sbx_server, sb.sandbox_id) == "from template snapshot"
+            assert sb.commands.run("echo hi").stdout == "hi\n"
+    finally:
+        for p in (TEMPLATES / "base" / "snapshots").glob(f"c1-m{mib}-*"):
+            shutil.rmtree(p, ignore_errors=True)

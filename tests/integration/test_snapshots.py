@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from sbx import Sandbox
-from tests.integration.server import Server, leaks, mounts_of
+from tests.integration.server import Server, free_subnet, leaks, mounts_of
 
 pytestmark = pytest.mark.integration
 BASE = {"template_name": "base", "vcpu": 1, "memory_mib": 512}
@@ -141,7 +141,7 @@ def test_auto_pause_on_timeout(sbx_server: Server, org_key: str) -> None:
 
 @pytest.fixture
 def own_server() -> Iterator[Server]:
-    server = Server(Path(f"/var/tmp/sbx-test-{uuid.uuid4().hex[:8]}"), subnet="10.233.20.0/22",
+    server = Server(Path(f"/var/tmp/sbx-test-{uuid.uuid4().hex[:8]}"), subnet=free_subnet(22),
                     extra_env={"SBX_RECONCILE_INTERVAL_S": "1"})
     try:
         server.start()

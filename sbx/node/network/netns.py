@@ -73,3 +73,25 @@ def list_netns(prefix: str) -> list[str]:
 
 def list_links(prefix: str) -> list[str]:
     return sorted(n for n in os.listdir("/sys/class/net") if n.startswith(prefix))
+
+
+async def foreign_routes(subnet: str, own_prefix: str) -> list[str]:
+    """Routes into subnet on interfaces that are not this node's: another
+    server (or anything else) already uses the address pool."""
+    import ipaddress
+
+    pool = ipaddress.ip_network(subnet)
+    out = (await run("ip", "-4", "-o", "route", "show")).stdout
+    found = []
+    for line in out.splitlines():
+        parts = line.split()
+        if not parts or parts[0] == "default" or "dev" not in parts:
+            continue
+        try:
+            net = ipaddress.ip_network(parts[0], strict=False)
+        except ValueError:
+            continue
+        dev = parts[parts.index("dev") + 1]
+        if net.overlaps(pool) and not dev.startswith(own_prefix):
+            found.append(f"{net} dev {dev}")
+    return found
