@@ -81,8 +81,7 @@ class BareRunsc:
         subprocess.run(
             ["unshare", "-m", "--propagation", "private", "sh", "-c",
              'mount -t tmpfs none /proc/sys/net && exec "$@"', "sh",
-             "runsc", "--root", str(self.root), "--platform", platform, "--network", "sandbox",
-             "run", "--detach", "--bundle", str(bundle), self.cid],
+             *self._runsc(platform), "run", "--detach", "--bundle", str(bundle), self.cid],
             check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

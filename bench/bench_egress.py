@@ -30,7 +30,7 @@ from typing import Any
 from bench.stats import summary
 from sbx import Sandbox
 from tests.integration.egress import inet as n
-from tests.integration.server import Server, leaks
+from tests.integration.server import Server, free_subnet, leaks
 
 MIB = 1 << 20
 
@@ -67,7 +67,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="sbx-bench-egress-", dir="/var/tmp"))
     results: dict[str, Any] = {}
     with n.fake_internet(work) as net:
-        server = Server(work / "data", subnet="10.237.0.0/20", extra_env={
+        server = Server(work / "data", subnet=free_subnet(), extra_env={
             "SBX_EGRESS_UPSTREAM_DNS": net.dns, "SBX_EGRESS_UPSTREAM_CA": str(net.ca_path)})
         try:
             server.start()
