@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -61,6 +61,9 @@ class SandboxService:
         self._org_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._sandbox_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._slot_lock = asyncio.Lock()
+        # Told of every sandbox about to stop running (the gateway drops its
+        # cached route at once, so no new connection reaches it).
+        self.on_leaving: list[Callable[[str], None]] = []
         # Creates in flight: the reconciler must not take their resources.
         self._starting: set[str] = set()
 
@@ -128,6 +131,10 @@ class SandboxService:
                 fresh.timeout_at = repo.now() + timedelta(seconds=fresh.timeout_s)
         return fresh
 
+    def _leaving(self, sandbox_id: str) -> None:
+        for listener in self.on_leaving:
+            listener(sandbox_id)
+
     def _plan(self, row: Sandbox, tpl: Template) -> SandboxPlan:
         surface = (row.extra or {}).get("surface")
         return SandboxPlan(
@@ -193,6 +200,7 @@ class SandboxService:
             if row.state == S.STARTING:
                 raise Conflict(f"Sandbox {sandbox_id} is still starting")
             if row.state != S.DELETING:
+                self._leaving(sandbox_id)
                 async with self.db.transaction() as s:
                     if not await repo.set_state(s, sandbox_id, row.state, S.DELETING, reason):
                         raise Conflict(f"Sandbox {sandbox_id} changed state; retry")
@@ -215,6 +223,7 @@ class SandboxService:
                 raise Conflict(f"Sandbox {sandbox_id} is already paused")
             if row.state != S.RUNNING:
                 raise Conflict(f"Sandbox {sandbox_id} is {row.state}; only a running one pauses")
+            self._leaving(sandbox_id)
             async with self.db.transaction() as s:
                 if not await repo.set_state(s, sandbox_id, S.RUNNING, S.SNAPSHOTTING, reason):
                     raise Conflict(f"Sandbox {sandbox_id} changed state; retry")

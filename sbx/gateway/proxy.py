@@ -58,6 +58,8 @@ class Gateway:
         # a kept-alive connection to a sandbox that vanished (no FIN from a
         # netstack that is gone) must never carry the next one's requests.
         self._clients: dict[str, httpx.AsyncClient] = {}
+        self._routes: dict[str, Route] = {}
+        service.on_leaving.append(self.forget)
         self._owner: dict[str, str] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -71,16 +73,27 @@ class Gateway:
         await self.proxy(scope, receive, send, *dest)
 
     async def route(self, sandbox_id: str) -> Route | None:
-        """Where the sandbox is, read fresh for every request: a cached
-        "running" would let connections in while a sandbox is being paused
-        (one store read costs well under a millisecond)."""
+        """Where the sandbox is. Running routes are cached until the service
+        says the sandbox is leaving (pause, delete): the hot path reads no
+        store, and a sandbox being paused gets no new connection."""
+        cached = self._routes.get(sandbox_id)
+        if cached is not None:
+            return cached
         try:
             row = await self.service.get(None, sandbox_id)
         except NotFound:
             return None
         if row.ip_slot is None:
             return None
-        return Route(self.service.address(row), row.state)
+        route = Route(self.service.address(row), row.state)
+        if route.state == SandboxState.RUNNING:
+            if len(self._routes) >= 10_000:
+                self._routes.clear()
+            self._routes[sandbox_id] = route
+        return route
+
+    def forget(self, sandbox_id: str) -> None:
+        self._routes.pop(sandbox_id, None)
 
     async def proxy(self, scope: Scope, receive: Receive, send: Send, sandbox_id: str,
                     port: int) -> None:
