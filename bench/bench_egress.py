@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import uuid
@@ -65,6 +66,14 @@ def main() -> None:
     size = args.size_mib * MIB
 
     work = Path(tempfile.mkdtemp(prefix="sbx-bench-egress-", dir="/var/tmp"))
+    try:
+        results = run(work, args, size)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report(results, args)
+
+
+def run(work: Path, args: argparse.Namespace, size: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with n.fake_internet(work) as net:
         server = Server(work / "data", subnet=free_subnet(), extra_env={
@@ -129,7 +138,10 @@ def main() -> None:
             tag = server.node_tag
             server.teardown()
             assert leaks(tag) == {}, leaks(tag)
+    return results
 
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print(json.dumps(results, indent=2))
     lp = results["latency_ms"]
     print(f"\nHTTPS request on a new connection, p50: direct {lp['direct']['p50']} ms, "

@@ -179,8 +179,9 @@ def sync_checks() -> None:
             expect(r.stdout == "héllo", repr(r.stdout))
             return "ok"
         record("Sandbox.connect", connect)
+
         def pause_connect() -> str:
-            pause = getattr(sb, "pause", None) or getattr(sb, "beta_pause")
+            pause = getattr(sb, "pause", None) or sb.beta_pause
             pause()
             expect(Sandbox.get_info(sb.sandbox_id).state.value == "paused", "not paused")
             again = Sandbox.connect(sb.sandbox_id)

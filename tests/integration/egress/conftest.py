@@ -23,7 +23,7 @@ import pytest
 from sbx import Sandbox
 from tests.integration.egress import inet as n
 from tests.integration.egress.probes import Probe
-from tests.integration.server import Server, leaks, mounts_of
+from tests.integration.server import Server, free_subnet, leaks, mounts_of
 
 ROOT = Path(__file__).resolve().parents[3]
 SECURITY_DOC = ROOT / "docs" / "security.md"
@@ -103,7 +103,7 @@ def egress_env() -> Iterator[EgressEnv]:
     work = Path(tempfile.mkdtemp(prefix="sbx-egress-", dir="/var/tmp"))
     try:
         with n.fake_internet(work) as net:
-            server = Server(work / "data", subnet="10.236.0.0/20", extra_env={
+            server = Server(work / "data", subnet=free_subnet(), extra_env={
                 "SBX_EGRESS_UPSTREAM_DNS": net.dns,
                 "SBX_EGRESS_UPSTREAM_CA": str(net.ca_path),
                 "SBX_RECONCILE_INTERVAL_S": "2",

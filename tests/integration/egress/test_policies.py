@@ -347,11 +347,11 @@ def test_restart_reapplies_policies(egress_env: EgressEnv) -> None:
          "transforms": [{"domain": "echo.test", "inject_headers": {"X-Api-Key": SECRET_KEY}}]})
     server.stop()
     server.start()
-    sb = Sandbox.connect(sb.sandbox_id, api_url=server.url, api_key=egress_env.key)
-    res = sb.commands.run("curl -sS -m 3 http://allowed.test/after-restart; "
-                          "curl -sS -m 3 http://denied.test/; "
-                          f"curl -sS -m 3 http://{n.DENIED_IP}:9000/; "
-                          "curl -sS -m 3 https://echo.test/headers", timeout=60)
+    with Sandbox.connect(sb.sandbox_id, api_url=server.url, api_key=egress_env.key) as again:
+        res = again.commands.run("curl -sS -m 3 http://allowed.test/after-restart; "
+                                 "curl -sS -m 3 http://denied.test/; "
+                                 f"curl -sS -m 3 http://{n.DENIED_IP}:9000/; "
+                                 "curl -sS -m 3 https://echo.test/headers", timeout=60)
     assert "hello from allowed.test" in res.stdout
     assert "hello from denied.test" not in res.stdout and "raw:" not in res.stdout
     assert '"X-Api-Key": "' + "*" * len(SECRET_KEY) in res.stdout, res.stdout + res.stderr
