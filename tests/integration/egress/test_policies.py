@@ -335,7 +335,7 @@ def test_rules_come_and_go_with_the_sandbox_and_stale_ones_are_reconciled(
         f"add chain inet sbx_{server.node_tag} n_{stale}\n"
         f'add element inet sbx_{server.node_tag} fwd_map {{ "s{server.node_tag}{stale}" : '
         f"jump f_{stale} }}\n"))
-    assert wait_for(lambda: stale not in nft_chains(server), 10), nft_chains(server)
+    assert wait_for(lambda: stale not in nft_chains(server), 30), nft_chains(server)
     assert "nft" not in leaks(server.node_tag) or all(
         stale not in c for c in leaks(server.node_tag).get("nft", []))
 
