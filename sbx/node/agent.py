@@ -266,7 +266,8 @@ class NodeAgent:
                 await self.runtime.restore(launch, image)
             marks.append(("runsc", time.perf_counter()))
             async def alive() -> bool:
-                return await self.runtime.state(plan.id) == RuntimeState.RUNNING
+                state = await self.runtime.state(plan.id)
+                return state in (RuntimeState.RUNNING, RuntimeState.PAUSED)
 
             await envd_probe.wait_ready(
                 addr.sandbox_ip, self.settings.envd_port, self.settings.envd_ready_timeout_s,

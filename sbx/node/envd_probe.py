@@ -76,9 +76,10 @@ async def wait_ready(
         if now >= end:
             raise TimeoutError(f"envd at {host}:{port} did not answer in {deadline_s}s")
         if alive is not None and now >= next_alive_check:
-            # Twice in a row: one `runsc state` can fail on a busy host.
+            # Three times in a row, 0.5 s apart: a `runsc state` can fail or
+            # lag on a busy host, and a false "dead" fails a good create.
             dead_checks = dead_checks + 1 if not await alive() else 0
-            if dead_checks >= 2:
+            if dead_checks >= 3:
                 raise RuntimeError("the sandbox stopped before envd answered")
             next_alive_check = now + 0.5
         await asyncio.sleep(delay)
