@@ -28,6 +28,9 @@ def sbx_server() -> Iterator[Server]:
         server.teardown()
         assert leaks(tag) == {}, leaks(tag)
         assert mounts_of(data_dir) == []
+        # Teardown removes the node's own parent cgroups and runsc root too.
+        assert not list(Path("/sys/fs/cgroup").glob(f"*/sbx-{tag}"))
+        assert not (Path("/run/sbx") / tag).exists()
 
 
 @pytest.fixture

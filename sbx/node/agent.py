@@ -390,8 +390,11 @@ class NodeAgent:
         return {s for s in keep - self._building if running.get(s) != RuntimeState.RUNNING}
 
     async def shutdown_all(self) -> None:
+        """Remove everything this node made on the host (uninstall, tests)."""
         for sandbox_id in sorted(await self.host_sandboxes()):
             await self.forget(sandbox_id)
+        self.runtime.remove_cgroup_parents()
+        await asyncio.to_thread(shutil.rmtree, self.settings.run_dir, True)
         await firewall.remove(self.table)
 
 

@@ -173,6 +173,14 @@ class GVisorRuntime:
                     if (parent / name).read_text().strip() != value:
                         (parent / name).write_text(value)
 
+    def remove_cgroup_parents(self) -> None:
+        """The node's parent cgroups (once no sandbox is left in them)."""
+        for controller in _cgroup_controllers():
+            parent = _CGROUP_ROOT / controller / self.cgroup_parent
+            if parent.is_dir():
+                with contextlib.suppress(OSError):
+                    os.rmdir(parent)
+
     def remove_cgroups(self, sandbox_id: str) -> None:
         for controller in _cgroup_controllers():
             path = _CGROUP_ROOT / controller / self.cgroup_parent / sandbox_id
