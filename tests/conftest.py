@@ -47,3 +47,19 @@ def api(sbx_server: Server, org_key: str) -> Iterator[httpx.Client]:
         # Whatever a test left: delete it, so the leak check stays meaningful.
         for sb in client.get("/v1/sandbox/").json():
             client.delete(f"/v1/sandbox/{sb['id']}")
+
+
+@pytest.fixture
+def own_server() -> Iterator[Server]:
+    """A server of the test's own, for tests that stop, kill or restart it;
+    its reconciler runs every second."""
+    server = Server(Path(f"/var/tmp/sbx-test-{uuid.uuid4().hex[:8]}"), subnet=free_subnet(22),
+                    extra_env={"SBX_RECONCILE_INTERVAL_S": "1"})
+    try:
+        server.start()
+        yield server
+    finally:
+        tag, data_dir = server.node_tag, server.data_dir
+        server.teardown()
+        assert leaks(tag) == {}
+        assert mounts_of(data_dir) == []

@@ -6,15 +6,13 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from sbx import Sandbox
-from tests.integration.server import Server, free_subnet, leaks, mounts_of
+from tests.integration.server import Server, leaks
 
 pytestmark = pytest.mark.integration
 BASE = {"template_name": "base", "vcpu": 1, "memory_mib": 512}
@@ -41,20 +39,6 @@ def test_timeout_deletes_and_reset_extends(api: httpx.Client) -> None:
     assert 55 < elapsed < 70, elapsed
     assert api.get(f"/v1/sandbox/{b['id']}").json()["state"] == "running"
     assert api.delete(f"/v1/sandbox/{b['id']}").status_code == 200
-
-
-@pytest.fixture
-def own_server() -> Iterator[Server]:
-    server = Server(Path(f"/var/tmp/sbx-test-{uuid.uuid4().hex[:8]}"), subnet=free_subnet(22),
-                    extra_env={"SBX_RECONCILE_INTERVAL_S": "1"})
-    try:
-        server.start()
-        yield server
-    finally:
-        tag, data_dir = server.node_tag, server.data_dir
-        server.teardown()
-        assert leaks(tag) == {}
-        assert mounts_of(data_dir) == []
 
 
 def runsc_ids(server: Server) -> list[str]:

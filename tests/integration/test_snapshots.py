@@ -9,15 +9,13 @@ import sqlite3
 import subprocess
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from sbx import Sandbox
-from tests.integration.server import Server, free_subnet, leaks, mounts_of
+from tests.integration.server import Server, leaks, mounts_of
 
 pytestmark = pytest.mark.integration
 BASE = {"template_name": "base", "vcpu": 1, "memory_mib": 512}
@@ -137,20 +135,6 @@ def test_auto_pause_on_timeout(sbx_server: Server, org_key: str) -> None:
     r = httpx.post(f"{url}/resume", headers=h, json={"timeout": 60}, timeout=60)
     assert r.status_code == 201 and r.json()["state"] == "running"
     httpx.delete(url, headers=h)
-
-
-@pytest.fixture
-def own_server() -> Iterator[Server]:
-    server = Server(Path(f"/var/tmp/sbx-test-{uuid.uuid4().hex[:8]}"), subnet=free_subnet(22),
-                    extra_env={"SBX_RECONCILE_INTERVAL_S": "1"})
-    try:
-        server.start()
-        yield server
-    finally:
-        tag, data_dir = server.node_tag, server.data_dir
-        server.teardown()
-        assert leaks(tag) == {}
-        assert mounts_of(data_dir) == []
 
 
 def state_in_db(server: Server, sandbox_id: str) -> str:
