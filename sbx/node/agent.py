@@ -34,6 +34,8 @@ from sbx.node.runtime.gvisor import GVisorRuntime
 
 log = logging.getLogger(__name__)
 
+# A restore that has not brought envd up by then is broken: boot cold instead.
+RESTORE_READY_S = 10.0
 ENVD_ARGS = ["/usr/bin/python3", "-I", "/opt/sbx/envd-launch.py"]
 
 
@@ -152,8 +154,14 @@ class NodeAgent:
                 "memoryMib": plan.memory_mib,
                 **(plan.init or {}),
             }
-            addr = await self._bring_up(dataclasses.replace(plan, init=identity), image)
-            return addr, True
+            try:
+                addr = await self._bring_up(dataclasses.replace(plan, init=identity), image,
+                                            ready_s=RESTORE_READY_S)
+                return addr, True
+            except StartFailed as exc:
+                # Everything of the failed restore is gone again; a cold boot
+                # is slower but does not depend on the image.
+                log.warning("sandbox %s: restore failed (%s); booting cold", plan.id, exc)
         addr = await self._bring_up(plan, None)
         if plan.from_snapshot:
             self._background(self.build_template_snapshot(
@@ -222,7 +230,8 @@ class NodeAgent:
                 self._building.discard(sandbox_id)
 
     async def _bring_up(
-        self, plan: SandboxPlan, image: Path | None, trust_store: bool = True
+        self, plan: SandboxPlan, image: Path | None, trust_store: bool = True,
+        ready_s: float | None = None,
     ) -> Addressing:
         """Host resources, then the runtime (booted, or restored from image),
         then envd ready; on any failure everything made is removed again."""
@@ -270,7 +279,9 @@ class NodeAgent:
                 return state in (RuntimeState.RUNNING, RuntimeState.PAUSED)
 
             await envd_probe.wait_ready(
-                addr.sandbox_ip, self.settings.envd_port, self.settings.envd_ready_timeout_s,
+                addr.sandbox_ip, self.settings.envd_port,
+                min(ready_s or self.settings.envd_ready_timeout_s,
+                    self.settings.envd_ready_timeout_s),
                 alive,
             )
             marks.append(("envd", time.perf_counter()))
