@@ -21,6 +21,7 @@ from rich.table import Table
 from sbx.sdk import Sandbox, SandboxInfo, SbxError
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -191,13 +192,19 @@ def kill(conn: Conn, sandbox_id: str) -> None:
 @_pass_conn
 def set_timeout(conn: Conn, sandbox_id: str, seconds: int) -> None:
     """Restart a sandbox's timeout from now (rounded up to minutes)."""
-    sbx = Sandbox.connect(sandbox_id, api_url=conn.api_url, api_key=conn.api_key)
-    try:
-        info = sbx.set_timeout(seconds)
-    finally:
-        sbx.close()
+    info = _on_sandbox(conn, sandbox_id, lambda sbx: sbx.set_timeout(seconds))
     ends = info.timeout_at.isoformat() if info.timeout_at else "?"
     click.echo(f"{sandbox_id} now ends at {ends}")
+
+
+def _on_sandbox(conn: Conn, sandbox_id: str, action: Callable[[Sandbox], T]) -> T:
+    """Run one call on an existing sandbox, then release the connection (the
+    sandbox's context manager would kill it)."""
+    sbx = Sandbox.connect(sandbox_id, api_url=conn.api_url, api_key=conn.api_key)
+    try:
+        return action(sbx)
+    finally:
+        sbx.close()
 
 
 @sandbox.command("pause")
@@ -206,12 +213,7 @@ def set_timeout(conn: Conn, sandbox_id: str, seconds: int) -> None:
 @_pass_conn
 def pause(conn: Conn, sandbox_id: str) -> None:
     """Snapshot a sandbox (memory, processes, disk) and free its host resources."""
-    sbx = Sandbox.connect(sandbox_id, api_url=conn.api_url, api_key=conn.api_key)
-    try:
-        info = sbx.pause()
-    finally:
-        sbx.close()
-    click.echo(f"{sandbox_id} {info.state}")
+    click.echo(f"{sandbox_id} {_on_sandbox(conn, sandbox_id, Sandbox.pause).state}")
 
 
 @sandbox.command("resume")
@@ -220,12 +222,7 @@ def pause(conn: Conn, sandbox_id: str) -> None:
 @_pass_conn
 def resume(conn: Conn, sandbox_id: str) -> None:
     """Bring a paused sandbox back where it was."""
-    sbx = Sandbox.connect(sandbox_id, api_url=conn.api_url, api_key=conn.api_key)
-    try:
-        info = sbx.resume()
-    finally:
-        sbx.close()
-    click.echo(f"{sandbox_id} {info.state}")
+    click.echo(f"{sandbox_id} {_on_sandbox(conn, sandbox_id, Sandbox.resume).state}")
 
 
 def _exit_status(code: int) -> int:

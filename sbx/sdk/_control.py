@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -13,7 +12,7 @@ import httpx
 from sbx.sdk._config import CREATE_TIMEOUT, timeout_minutes
 from sbx.sdk._exceptions import ServerError
 from sbx.sdk._models import SandboxInfo
-from sbx.sdk._ops import Op, Request, Target, json_body
+from sbx.sdk._ops import Op, Request, Target, iso_datetime, json_body
 
 PREFIX = "/v1/sandbox/"
 _JSON = {"Content-Type": "application/json"}
@@ -98,23 +97,14 @@ def sandbox_info(data: Mapping[str, Any]) -> SandboxInfo:
             memory_mib=int(data.get("memory_mib") or 0),
             disk_mib=int(data.get("disk_mib") or 0),
             auto_pause=bool(data.get("auto_pause", False)),
-            created_at=_datetime(data.get("created_at")),
-            timeout_at=_datetime(data.get("timeout_at")),
+            created_at=iso_datetime(data.get("created_at")),
+            timeout_at=iso_datetime(data.get("timeout_at")),
             timeout_min=data.get("timeout_min"),
             network_policy=dict(data.get("network_policy") or {}),
             envd_access_token=data.get("envd_access_token"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ServerError(f"The server described a sandbox in an unexpected shape: {exc}") from exc
-
-
-def _datetime(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None
 
 
 def _quote(sandbox_id: str) -> str:

@@ -4,7 +4,6 @@ as operations (sans-IO): what to send and how to read the answer."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any
 
 import httpx
@@ -13,7 +12,7 @@ from sbx.sdk._config import envd_user_header
 from sbx.sdk._connect import Message, unary
 from sbx.sdk._exceptions import ConflictError, NotFoundError, ServerError
 from sbx.sdk._models import EntryInfo, FileType, WriteInfo
-from sbx.sdk._ops import Op, Request, raise_for_status
+from sbx.sdk._ops import Op, Request, iso_datetime, raise_for_status
 
 SERVICE = "/filesystem.Filesystem/"
 FILES_PATH = "/files"
@@ -143,15 +142,8 @@ def entry_info(entry: Message) -> EntryInfo:
         permissions=str(entry.get("permissions") or ""),
         owner=str(entry.get("owner") or ""),
         group=str(entry.get("group") or ""),
-        modified_time=_timestamp(entry.get("modifiedTime")),
+        modified_time=iso_datetime(entry.get("modifiedTime")),
         symlink_target=entry.get("symlinkTarget") or None,
     )
 
 
-def _timestamp(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from datetime import datetime
+from typing import Any, Generic, TypeVar
 
 import httpx
 
@@ -59,3 +60,14 @@ def json_body(response: httpx.Response) -> object:
             f"Unexpected answer (not JSON): {snippet!r}",
             status_code=response.status_code,
         ) from exc
+
+
+def iso_datetime(value: Any) -> datetime | None:
+    """An ISO 8601 time from an answer; None when absent or unreadable
+    (a missing time never fails a whole answer)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
