@@ -110,6 +110,7 @@ class Platform:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.sandboxes.stop_expiring()
         await self.agent.egress.stop()
         await self.audit.stop()
         await self.db.close()

@@ -66,6 +66,8 @@ class SandboxService:
         self.on_leaving: list[Callable[[str], None]] = []
         # Creates in flight: the reconciler must not take their resources.
         self._starting: set[str] = set()
+        # Timeouts being acted on: one slow pause must not hold up the others.
+        self._expiring: dict[str, asyncio.Task[None]] = {}
 
     # -- create ----------------------------------------------------------------
     async def create(self, org_id: str, spec: CreateSpec) -> Sandbox:
@@ -284,19 +286,39 @@ class SandboxService:
     # -- background duties -------------------------------------------------------
     async def expire_due(self) -> None:
         """Every sandbox whose timeout has passed is paused (auto_pause,
-        on_timeout=pause) or killed."""
+        on_timeout=pause) or killed, each in its own task so that a slow
+        snapshot does not delay the kill of another sandbox."""
         async with self.db.session() as s:
             due = await repo.due_for_timeout(s, repo.now(), [S.RUNNING])
         for sandbox_id in due:
+            if sandbox_id in self._expiring:
+                continue
+            task = asyncio.create_task(self._expire(sandbox_id), name=f"expire-{sandbox_id}")
+            self._expiring[sandbox_id] = task
+            task.add_done_callback(self._expired)
+
+    def _expired(self, task: asyncio.Task[None]) -> None:
+        self._expiring.pop(task.get_name().removeprefix("expire-"), None)
+
+    async def _expire(self, sandbox_id: str) -> None:
+        try:
             row = await self.get(None, sandbox_id)
-            try:
-                if row.auto_pause:
-                    await self.pause(None, sandbox_id, "timeout")
-                else:
-                    final = S.KILLED if row.extra.get("surface") != "v1" else S.DELETED
-                    await self.delete(None, sandbox_id, final, "timeout")
-            except Exception:
-                log.exception("timeout of %s failed", sandbox_id)
+            if row.auto_pause:
+                await self.pause(None, sandbox_id, "timeout")
+            else:
+                final = S.KILLED if row.extra.get("surface") != "v1" else S.DELETED
+                await self.delete(None, sandbox_id, final, "timeout")
+        except Conflict:
+            pass  # a user call got there first
+        except Exception:
+            log.exception("timeout of %s failed", sandbox_id)
+
+    async def stop_expiring(self) -> None:
+        """Server shutdown: in-flight timeouts finish (their agent work is
+        shielded) so nothing is left half done."""
+        tasks = list(self._expiring.values())
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def reconcile(self) -> None:
         """Make the host and the store agree: resources of no live sandbox
