@@ -24,7 +24,8 @@ async def ensure_base(db: Database, settings: Settings, progress: rootfs.Progres
         path.parent.mkdir(parents=True, exist_ok=True)
         await rootfs.build_base(path, progress)
     else:
-        # An upgraded sbx brings a new envd into the existing template.
+        # An upgraded sbx brings a new envd (and tuning) into the existing template.
+        await asyncio.to_thread(rootfs.tune_profile, path)
         await asyncio.to_thread(rootfs.install_envd, path)
     async with db.transaction() as s:
         tpl = await repo.template_by_id(s, template_id(BASE))

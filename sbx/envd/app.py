@@ -41,6 +41,7 @@ class App:
         self.relisten: Callable[[asyncio.StreamWriter], Awaitable[None]] | None = None
 
     def close(self) -> None:
+        self.processes.shells.close()
         self.filesystem.close()
 
     async def __call__(self, req: Request, resp: Response) -> None:
@@ -106,6 +107,11 @@ class App:
         workdir = body.get("defaultWorkdir")
         hostname = body.get("hostname")
         memory_mib = body.get("memoryMib")
+        warm = body.get("warmShells")
+        if warm is not None and (
+            not isinstance(warm, int) or isinstance(warm, bool) or not 0 <= warm <= 4
+        ):
+            return "warmShells must be an integer from 0 to 4"
         if memory_mib is not None and (
             not isinstance(memory_mib, int) or isinstance(memory_mib, bool) or memory_mib <= 0
         ):
@@ -139,6 +145,9 @@ class App:
             self.state.default_workdir = workdir or None
         if memory_mib is not None:
             self.state.memory_limit_mib = memory_mib
+        if warm is not None:
+            self.state.warm_shells = warm
+            self.processes.shells.resize(warm)
         if hostname:
             # Best effort: needs CAP_SYS_ADMIN in a UTS namespace of our own.
             with contextlib.suppress(OSError):

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import shutil
 import signal
 import subprocess
 from collections import deque
@@ -15,7 +16,8 @@ from typing import Any, Literal
 
 from . import terminal
 from .reaper import Reaper
-from .users import User
+from .users import User, drop_to
+from .warmshell import Spare
 
 STD_CHUNK = 32 * 1024
 PTY_CHUNK = 16 * 1024
@@ -178,6 +180,8 @@ class Process:
         self._deadline: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self.exit: ExitInfo | None = None
+        # Run once the process is finished (a spare shell to start).
+        self.after: Callable[[], None] | None = None
         self.reaped = False
         self.finished = False
 
@@ -199,7 +203,13 @@ class Process:
                 raise PermissionError(
                     errno.EPERM, f"envd is not root and cannot run processes as {user.name!r}"
                 )
-            kwargs.update(user=user.uid, group=user.gid, extra_groups=list(user.groups))
+            if self._pty_size is None and (prefix := drop_to(user)) is not None:
+                # Checked here: setpriv would report a missing program as its own error.
+                if shutil.which(argv[0], path=env.get("PATH")) is None:
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
+                argv = prefix + argv
+            else:
+                kwargs.update(user=user.uid, group=user.gid, extra_groups=list(user.groups))
         if self._pty_size is not None:
             self._spawn_pty(argv, kwargs, user)
         else:
@@ -210,6 +220,27 @@ class Process:
         reaper.track(self.pid, self._on_exit)
         for fd in self._outputs:
             self._loop.add_reader(fd, self._on_readable, fd)
+
+    def adopt(self, spare: Spare, data: bytes, reaper: Reaper) -> bool:
+        """Become the spare shell, which then runs ``data``; False when the
+        spare is gone (the caller starts the process cold)."""
+        del reaper  # the spare's pid is tracked already and reports to us
+        if not spare.start(data, self._on_exit):
+            return False
+        self._popen = spare.popen
+        self.pid = spare.pid
+        self._outputs = {spare.out_r: "stdout", spare.err_r: "stderr"}
+        if self._want_stdin:
+            self._in_fd = spare.in_w
+            os.set_blocking(spare.in_w, False)
+        else:
+            # The command sees an empty stdin, as with /dev/null.
+            os.close(spare.in_w)
+        spare.out_r = spare.err_r = spare.in_w = -1
+        for fd in self._outputs:
+            os.set_blocking(fd, False)
+            self._loop.add_reader(fd, self._on_readable, fd)
+        return True
 
     def _spawn_pty(self, argv: list[str], kwargs: dict[str, Any], user: User) -> None:
         assert self._pty_size is not None

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator
 
-from . import users
+from . import users, warmshell
 from .calls import keepalive_interval, resolve_user
 from .connect import (
     Call,
@@ -45,6 +46,7 @@ class ProcessService:
         self._state = state
         self._reaper = reaper
         self._procs: dict[int, Process] = {}
+        self.shells = warmshell.WarmShells(reaper.track, state.warm_shells)
 
     def register(self, router: ConnectRouter) -> None:
         router.server_stream(SERVICE + "Start", self.start)
@@ -61,6 +63,7 @@ class ProcessService:
         return self._procs
 
     def kill_all(self) -> None:
+        self.shells.close()
         for proc in list(self._procs.values()):
             proc.signal(signal.SIGKILL)
 
@@ -124,7 +127,8 @@ class ProcessService:
         proc = Process(config, tag, pty_size, stdin, self._forget)
         sub = proc.subscribe()
         try:
-            proc.spawn([config.cmd, *config.args], env, cwd, user, self._reaper)
+            if not (pty_size is None and self._warm_start(proc, config, cwd, user)):
+                proc.spawn([config.cmd, *config.args], env, cwd, user, self._reaper)
         except PermissionError as e:
             sub.close()
             raise ConnectError(Code.PERMISSION_DENIED, str(e)) from None
@@ -141,8 +145,36 @@ class ProcessService:
             yield {"event": {"start": {"pid": proc.pid}}}
             async for event in self._events(sub, call):
                 yield event
+            if proc.after is not None:
+                # The end is on the wire by the time this runs: a new spare's
+                # fork must not delay it.
+                asyncio.get_running_loop().call_soon(proc.after)
         finally:
             sub.close()
+
+    def _warm_start(self, proc: Process, config: ProcessConfig, cwd: str, user: users.User
+                    ) -> bool:
+        """Run a plain `bash [-l] -c CMD` in a spare shell; False: start it cold."""
+        shell = warmshell.parse(config.cmd, config.args)
+        if shell is None or not self.shells.enabled:
+            return False
+        login, command = shell
+        data = warmshell.script(command, cwd, {**self._state.env_vars, **config.envs})
+        if data is None or not warmshell.may_enter(cwd, user):
+            return False
+        key = (user.name, login)
+        spare = self.shells.take(key, user)
+        started = spare is not None and proc.adopt(spare, data, self._reaper)
+        if spare is not None and not started:
+            spare.discard()
+        home = user.home if os.path.isdir(user.home) else "/"
+        env = build_env(self._state.base_env, user, {}, False)
+        proc.after = lambda: self.shells.want(key, user, env, home)
+        # The next spare starts once this command is done, or has run for a
+        # while: never two login profiles at once because of a spare (some,
+        # like pyenv's, take locks).
+        asyncio.get_running_loop().call_later(warmshell.REFILL_AFTER, proc.after)
+        return started
 
     async def connect(self, msg: JsonObj, call: Call) -> AsyncIterator[JsonObj]:
         proc = self._select(field(msg, "process"))

@@ -20,6 +20,8 @@ class EnvdState:
     env_vars: dict[str, str] = field(default_factory=dict)
     default_user: str | None = None
     default_workdir: str | None = None
+    # Idle shells kept per (user, login) for fast `bash -c` (see warmshell).
+    warm_shells: int = 1
 
     def process_env(self) -> dict[str, str]:
         env = dict(self.base_env)

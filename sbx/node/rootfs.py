@@ -84,7 +84,35 @@ def configure(rootfs: Path) -> None:
     if resolv.is_symlink():
         resolv.unlink()
     resolv.write_text(f"nameserver {DNS_VIP}\noptions timeout:2 attempts:2\n")
+    tune_profile(rootfs)
     install_envd(rootfs)
+
+
+# Login shells fork for nothing in Debian's defaults, each fork and exec
+# ~40 ms under gVisor: /etc/profile asks `id -u` (bash knows its EUID) and
+# root's ~/.profile runs `mesg n`, which only means something on a terminal.
+PROFILE_EDITS = {
+    "etc/profile": ('"$(id -u)"', '"${EUID:-$(id -u)}"'),
+    "root/.profile": ("mesg n 2> /dev/null || true",
+                      "{ [ -t 0 ] && mesg n; } 2> /dev/null || true"),
+}
+
+
+def tune_profile(rootfs: Path) -> None:
+    """Same results, fewer processes per login shell (sh, which has no EUID,
+    still asks `id`). Idempotent; files are replaced by rename."""
+    for rel, (slow, fast) in PROFILE_EDITS.items():
+        path = rootfs / rel
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        if slow not in text:
+            continue
+        tmp = path.with_name(path.name + ".sbx-new")
+        tmp.write_text(text.replace(slow, fast))
+        shutil.copymode(path, tmp)
+        tmp.rename(path)
 
 
 def install_envd(rootfs: Path) -> None:

@@ -183,7 +183,7 @@ class Commands:
         stdin: bool | None = None,
         check: bool = False,
     ) -> CommandResult | CommandHandle:
-        """Run ``cmd`` with ``/bin/bash -c``.
+        """Run ``cmd`` with ``/bin/bash -l -c``.
 
         Waits for it and returns a :class:`CommandResult` (a non-zero exit is
         a result, not an error, unless ``check=True``), or with

@@ -24,8 +24,9 @@ from sbx.sdk._ops import Op, Request
 
 SERVICE = "/process.Process/"
 SHELL = "/bin/bash"
-# Interactive terminals want a login shell (profile, prompt); commands do not:
-# a login shell costs ~50 ms per call under gVisor.
+# Commands run in a login shell, as with the e2b SDK (the profile puts
+# ~/.local/bin on PATH); envd keeps one started, so it costs nothing per call.
+CMD_ARGS = ["-l", "-c"]
 PTY_ARGS = ["-i", "-l"]
 PTY_ENV = {"TERM": "xterm-256color", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 
@@ -44,7 +45,7 @@ def start(
     stdin: bool = False,
     timeout: float | None = None,
 ) -> Request:
-    process: Message = {"cmd": SHELL, "args": ["-c", cmd], "envs": dict(envs or {})}
+    process: Message = {"cmd": SHELL, "args": [*CMD_ARGS, cmd], "envs": dict(envs or {})}
     if cwd is not None:
         process["cwd"] = cwd
     return stream_request(

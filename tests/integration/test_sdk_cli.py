@@ -343,7 +343,8 @@ def test_cli_exec_interrupted_kills_the_remote_command(sbx_server: Any) -> None:
         try:
             assert proc.stdout is not None
             assert proc.stdout.readline() == b"started\n"
-            assert any(p.args == ["-c", "echo started; sleep 120"] for p in sbx.commands.list())
+            listed = [p.args for p in sbx.commands.list()]
+            assert ["-l", "-c", "echo started; sleep 120"] in listed
             os.kill(proc.pid, signal.SIGINT)
             assert proc.wait(20) == 130
             deadline = time.monotonic() + 10

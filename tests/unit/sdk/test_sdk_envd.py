@@ -130,7 +130,7 @@ def test_background_kill_and_list(sbx: Sandbox) -> None:
     handle = sbx.commands.run("sleep 30", background=True)
     assert handle.pid in [p.pid for p in sbx.commands.list()]
     listed = next(p for p in sbx.commands.list() if p.pid == handle.pid)
-    assert listed.args == ["-c", "sleep 30"]
+    assert listed.args == ["-l", "-c", "sleep 30"]
     assert sbx.commands.kill(handle.pid) is True
     assert handle.wait().exit_code != 0
     with pytest.raises(CommandExitError):

@@ -25,7 +25,7 @@ def test_start_runs_bash_c_without_login_shell() -> None:
     req = process.start("echo hi", envs={"A": "1"}, cwd="/tmp", stdin=False, timeout=5)
     assert req.path == "/process.Process/Start"
     assert body(req.content) == {
-        "process": {"cmd": "/bin/bash", "args": ["-c", "echo hi"], "envs": {"A": "1"},
+        "process": {"cmd": "/bin/bash", "args": ["-l", "-c", "echo hi"], "envs": {"A": "1"},
                     "cwd": "/tmp"},
         "stdin": False,
     }
