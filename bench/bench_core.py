@@ -3,8 +3,9 @@ in the same run:
 
 - create -> running through POST /v1/sandbox/ (answers once envd answers),
   against a bare `runsc run` of the same rootfs until HTTP 200;
-- commands.run("true") through the gateway, against the same call straight
-  to envd and against `runsc exec /bin/true`;
+- commands.run("true") through the gateway, one call every --exec-gap s
+  (an agent's pace) and back to back, with envd's warm shells and without,
+  against the same call straight to envd and against `runsc exec /bin/true`;
 - host memory of idle sandboxes (sentry + gofer + envd).
 
 Run as root:  .venv/bin/python -m bench.bench_core [--creates 20] [--platform systrap]
@@ -58,6 +59,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--creates", type=int, default=20)
     ap.add_argument("--execs", type=int, default=100)
+    ap.add_argument("--exec-gap", type=float, default=0.2,
+                    help="seconds between paced commands.run calls")
     ap.add_argument("--idle", type=int, default=10)
     ap.add_argument("--platform", default="systrap")
     ap.add_argument("--json", type=Path, default=None)
@@ -98,24 +101,51 @@ def main() -> None:
         b = BareRunsc(rootfs, work, 250)
         try:
             b.boot(args.platform)
-            via_gw, direct, rexec = [], [], []
             ip = httpx.get(f"{server.url}/sandboxes/{sb.sandbox_id}", headers=h).json()[
                 "internal_ip"]
             direct_sb = Sandbox._for_envd(f"http://{ip}:49983", sb.envd_access_token)
-            for _ in range(5):
+
+            def timed(run: Any, n: int, gap: float) -> list[float]:
+                out = []
+                for _ in range(n):
+                    time.sleep(gap)
+                    t0 = time.perf_counter()
+                    run()
+                    out.append(time.perf_counter() - t0)
+                return out
+
+            def warm_shells(n: int) -> None:
+                r = httpx.post(f"http://{ip}:49983/init", json={"warmShells": n},
+                               headers={"X-Access-Token": sb.envd_access_token or ""})
+                assert r.status_code == 204, r.text
+
+            def run_true() -> None:
                 sb.commands.run("true")
-            for _ in range(args.execs):
-                t0 = time.perf_counter()
-                sb.commands.run("true")
-                via_gw.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
+
+            def run_true_direct() -> None:
                 direct_sb.commands.run("true")
-                direct.append(time.perf_counter() - t0)
-            for _ in range(min(args.execs, 30)):
-                rexec.append(b.exec_true())
+
+            for _ in range(5):
+                run_true()
+            gap = args.exec_gap
+            # Paced like an agent (a command every `gap` s), interleaved so
+            # that noise hits each alike; then back to back.
+            via_gw: list[float] = []
+            direct: list[float] = []
+            for _ in range(args.execs // 10):
+                via_gw += timed(run_true, 10, gap)
+                direct += timed(run_true_direct, 10, gap)
+            burst = timed(run_true, args.execs, 0.0)
+            warm_shells(0)
+            cold = timed(run_true, min(args.execs, 40), gap)
+            warm_shells(1)
+            rexec = timed(b.exec_true, min(args.execs, 30), gap)
             results["exec_true"] = {"sbx_gateway": summary(via_gw),
                                     "sbx_direct_envd": summary(direct),
-                                    "runsc_exec": summary(rexec)}
+                                    "sbx_gateway_back_to_back": summary(burst),
+                                    "sbx_gateway_cold_shell": summary(cold),
+                                    "runsc_exec": summary(rexec),
+                                    "gap_s": gap}
             direct_sb.close()
         finally:
             b.destroy()
@@ -144,12 +174,14 @@ def main() -> None:
           f"{ms(c['bare_runsc_run']['p95'])} | ratio p50 "
           f"{c['sbx']['p50'] / c['bare_runsc_run']['p50']:.2f}")
     e = results["exec_true"]
-    line = (f"run('true')        gateway p50 {ms(e['sbx_gateway']['p50'])} p95 "
-            f"{ms(e['sbx_gateway']['p95'])} | runsc exec p50 {ms(e['runsc_exec']['p50'])} | "
-            f"ratio {e['sbx_gateway']['p50'] / e['runsc_exec']['p50']:.2f}")
-    if "sbx_direct_envd" in e:
-        line += f" | direct envd p50 {ms(e['sbx_direct_envd']['p50'])}"
-    print(line)
+    print(f"run('true') every {e['gap_s']} s: gateway p50 {ms(e['sbx_gateway']['p50'])} p95 "
+          f"{ms(e['sbx_gateway']['p95'])} | direct envd p50 "
+          f"{ms(e['sbx_direct_envd']['p50'])} | runsc exec /bin/true p50 "
+          f"{ms(e['runsc_exec']['p50'])} | ratio "
+          f"{e['sbx_gateway']['p50'] / e['runsc_exec']['p50']:.2f}")
+    print(f"run('true') back to back: gateway p50 {ms(e['sbx_gateway_back_to_back']['p50'])} "
+          f"p95 {ms(e['sbx_gateway_back_to_back']['p95'])}; warm shells off (every "
+          f"{e['gap_s']} s): p50 {ms(e['sbx_gateway_cold_shell']['p50'])}")
     m = results["idle_memory_mib"]
     print(f"idle memory/sandbox PSS p50 {m['pss_per_sandbox']['p50']:.1f} MiB "
           f"(max {m['pss_per_sandbox']['max']:.1f}); memcg p50 "
