@@ -9,8 +9,9 @@ import shlex
 import shutil
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC
 from functools import update_wrapper
 from typing import Any, NoReturn, TypeVar
 
@@ -18,7 +19,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from sbx.sdk import Sandbox, SandboxInfo, SbxError
+from sbx.sdk import AuditEntry, Sandbox, SandboxInfo, SbxError
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -223,6 +224,79 @@ def pause(conn: Conn, sandbox_id: str) -> None:
 def resume(conn: Conn, sandbox_id: str) -> None:
     """Bring a paused sandbox back where it was."""
     click.echo(f"{sandbox_id} {_on_sandbox(conn, sandbox_id, Sandbox.resume).state}")
+
+
+# Fixed widths, so that rows printed one at a time while following line up.
+_AUDIT_COLUMNS = (
+    ("TIME (UTC)", 23), ("DECISION", 8), ("PROTOCOL", 8), ("METHOD", 7),
+    ("DESTINATION", 32), ("PATH", 24), ("STATUS", 6), ("UP/DOWN", 15), ("RULE", 0),
+)
+
+
+def _audit_line(cells: list[str]) -> str:
+    # A longer value pushes the rest of its row right rather than being cut:
+    # an audit log must not hide what was attempted.
+    return " ".join(
+        cell.ljust(width) for cell, (_, width) in zip(cells, _AUDIT_COLUMNS, strict=True)
+    ).rstrip()
+
+
+def _audit_cells(entry: AuditEntry) -> list[str]:
+    when = entry.time.astimezone(UTC) if entry.time and entry.time.tzinfo else entry.time
+    where = entry.host or entry.ip or "-"
+    return [
+        when.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if when else "-",
+        entry.decision or "-",
+        entry.protocol or "-",
+        entry.method or "-",
+        where if entry.port is None else f"{where}:{entry.port}",
+        entry.path or "-",
+        "-" if entry.status is None else str(entry.status),
+        f"{entry.bytes_up}/{entry.bytes_down}",
+        entry.rule or "-",
+    ]
+
+
+@sandbox.command("audit")
+@click.argument("sandbox_id")
+@click.option("--since", default=None,
+              help="Entries after this entry id (a page's next_since), "
+                   "or at or after this ISO 8601 time.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True,
+              help="At most this many entries (without --follow).")
+@click.option("--follow", "-f", is_flag=True,
+              help="Keep printing new entries until Ctrl-C or the sandbox is deleted.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@_connection_options
+@_pass_conn
+def audit(
+    conn: Conn, sandbox_id: str, since: str | None, limit: int, follow: bool, as_json: bool
+) -> None:
+    """Show a sandbox's egress attempts (allowed and refused), oldest first;
+    also after the sandbox ended."""
+
+    def show(entries: Iterable[AuditEntry]) -> None:
+        if not as_json:
+            click.echo(_audit_line([name for name, _ in _AUDIT_COLUMNS]))
+        for entry in entries:
+            if as_json:
+                click.echo(json.dumps(entry.to_dict()))
+            else:
+                click.echo(_audit_line(_audit_cells(entry)))
+
+    # Not connect(): that refuses a deleted sandbox, whose log is still there.
+    sbx = Sandbox._for_api(sandbox_id, api_url=conn.api_url, api_key=conn.api_key)
+    try:
+        if not follow:
+            show(sbx.audit(since, limit).entries)
+            return
+        try:
+            show(sbx.follow_audit(since))
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(130) from None
+    finally:
+        sbx.close()
+    click.echo(f"{sandbox_id} is gone: no more entries", err=True)
 
 
 def _exit_status(code: int) -> int:

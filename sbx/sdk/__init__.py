@@ -11,6 +11,8 @@ Main concepts:
 - ``sandbox.files``: ``read``, ``write``, ``list``, ``exists``, ``get_info``,
   ``make_dir``, ``rename``, ``remove``.
 - ``sandbox.pty``: interactive terminals (:class:`PtyHandle`).
+- ``sandbox.audit`` / ``sandbox.follow_audit``: the sandbox's egress audit
+  log (:class:`AuditEntry`), a page at a time or as it grows.
 - :class:`SbxError`: the root of every error the SDK raises (the tree is in
   :mod:`sbx.sdk._exceptions`).
 
@@ -38,6 +40,8 @@ from sbx.sdk._exceptions import (
 )
 from sbx.sdk._files import AsyncFiles, Files
 from sbx.sdk._models import (
+    AuditEntry,
+    AuditPage,
     CommandResult,
     EntryInfo,
     FileType,
@@ -55,6 +59,8 @@ __all__ = [
     "AsyncPty",
     "AsyncPtyHandle",
     "AsyncSandbox",
+    "AuditEntry",
+    "AuditPage",
     "AuthenticationError",
     "CommandExitError",
     "CommandHandle",

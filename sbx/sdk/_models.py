@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 
@@ -88,6 +90,62 @@ class WriteInfo:
     name: str
     type: FileType | None
     path: str
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One egress attempt of a sandbox (a DNS question, a connection, an HTTP
+    request), allowed or refused, as the audit log records it.
+
+    ``decision`` is ``allow`` or ``deny`` and ``rule`` what decided it. Fields
+    the server adds that this SDK does not know yet are kept in ``extra``.
+    """
+
+    id: int
+    time: datetime | None
+    sandbox_id: str
+    protocol: str
+    host: str | None
+    ip: str | None
+    port: int | None
+    method: str | None
+    path: str | None
+    status: int | None
+    bytes_up: int
+    bytes_down: int
+    decision: str
+    rule: str | None
+    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry in the server's JSON shape, unknown fields included."""
+        return {
+            "id": self.id,
+            "time": _iso(self.time),
+            "sandbox_id": self.sandbox_id,
+            "protocol": self.protocol,
+            "host": self.host,
+            "ip": self.ip,
+            "port": self.port,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "decision": self.decision,
+            "rule": self.rule,
+            **self.extra,
+        }
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """A page of a sandbox's audit log, oldest first. Pass ``next_since`` as
+    ``since`` to read on from where it ends (also when it is empty)."""
+
+    sandbox_id: str
+    entries: list[AuditEntry]
+    next_since: int | str | None
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -6,16 +6,21 @@ envd calls share it because both go to the server's one port.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self
 
+# Not "audit": that is the name of a method of the sandboxes.
+from sbx.sdk import _audit as audit_log
 from sbx.sdk import _control as control
 from sbx.sdk._commands import AsyncCommands, Commands
 from sbx.sdk._config import REQUEST_TIMEOUT, ConnectionConfig, envd_headers
 from sbx.sdk._exceptions import NotFoundError
 from sbx.sdk._files import AsyncFiles, Files
-from sbx.sdk._models import SandboxInfo
+from sbx.sdk._models import AuditEntry, AuditPage, SandboxInfo
 from sbx.sdk._pty import AsyncPty, Pty
 from sbx.sdk._transport import AsyncTransport, Endpoint, Transport
 
@@ -160,6 +165,20 @@ class Sandbox(_SandboxBase):
         transport = Transport(None, Endpoint(envd_url.rstrip("/"), headers), request_timeout)
         return cls(sandbox_id, access_token, transport)
 
+    @classmethod
+    def _for_api(
+        cls,
+        sandbox_id: str,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        request_timeout: float | None = None,
+    ) -> Sandbox:
+        """Internal: an object for the control-plane calls that outlive a
+        sandbox (its audit log), so without :meth:`connect`'s check that the
+        sandbox is still there. It has no connection to envd."""
+        config = ConnectionConfig.resolve(api_url, api_key, request_timeout)
+        return cls(sandbox_id, None, Transport(_api(config), None, config.request_timeout))
+
     def get_info(self) -> SandboxInfo:
         return self._transport.call(control.get(self._sandbox_id))
 
@@ -176,6 +195,35 @@ class Sandbox(_SandboxBase):
     def resume(self) -> SandboxInfo:
         """Bring a paused sandbox back where it was: same id, files, processes."""
         return self._transport.call(control.resume(self._sandbox_id))
+
+    def audit(
+        self, since: audit_log.Since = None, limit: int = audit_log.DEFAULT_LIMIT
+    ) -> AuditPage:
+        """A page of the sandbox's egress audit log, oldest first: at most
+        ``limit`` (1-1000) entries after ``since``, an entry id (the page's
+        ``next_since``) or a time (entries at or after it; a naive time is UTC).
+        The log stays readable after the sandbox ended."""
+        return self._transport.call(audit_log.read(self._sandbox_id, since, limit))
+
+    def follow_audit(
+        self,
+        since: audit_log.Since = None,
+        poll_interval: float = 0.5,
+        stop: threading.Event | None = None,
+    ) -> Iterator[AuditEntry]:
+        """Every audit entry after ``since`` (see :meth:`audit`), then the new
+        ones as they come, polling every ``poll_interval`` seconds. Ends when
+        ``stop`` is set or the sandbox is gone (deleted, or unknown: a 404),
+        after its last entries."""
+        follower = audit_log.Follower(self._sandbox_id, since, poll_interval, _GONE)
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            yield from follower.take(self._transport.call(follower.read()))
+            if follower.done:
+                return
+            if not follower.more:
+                gone = follower.idle and self._transport.call(follower.check())
+                stop.wait(follower.pause(gone))
 
     def kill(self) -> bool:
         """Delete the sandbox and release the connections; False when it was
@@ -306,6 +354,31 @@ class AsyncSandbox(_SandboxBase):
 
     async def resume(self) -> SandboxInfo:
         return await self._transport.call(control.resume(self._sandbox_id))
+
+    async def audit(
+        self, since: audit_log.Since = None, limit: int = audit_log.DEFAULT_LIMIT
+    ) -> AuditPage:
+        """See :meth:`Sandbox.audit`."""
+        return await self._transport.call(audit_log.read(self._sandbox_id, since, limit))
+
+    async def follow_audit(
+        self,
+        since: audit_log.Since = None,
+        poll_interval: float = 0.5,
+        stop: asyncio.Event | None = None,
+    ) -> AsyncIterator[AuditEntry]:
+        """See :meth:`Sandbox.follow_audit`; ``async for entry in ...``."""
+        follower = audit_log.Follower(self._sandbox_id, since, poll_interval, _GONE)
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            for entry in follower.take(await self._transport.call(follower.read())):
+                yield entry
+            if follower.done:
+                return
+            if not follower.more:
+                gone = follower.idle and await self._transport.call(follower.check())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), follower.pause(gone))
 
     async def kill(self) -> bool:
         if self._killed:
