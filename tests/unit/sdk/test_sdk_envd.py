@@ -41,8 +41,9 @@ def test_run_returns_output_and_exit_code(sbx: Sandbox) -> None:
     assert sbx.commands.run("true") == CommandResult("", "", 0, None)
 
 
-def test_run_is_not_a_login_shell(sbx: Sandbox) -> None:
-    assert sbx.commands.run("shopt -q login_shell && echo login || echo plain").stdout == "plain\n"
+def test_run_is_a_login_shell(sbx: Sandbox) -> None:
+    # As with the e2b SDK: the profile's PATH (~/.local/bin) applies.
+    assert sbx.commands.run("shopt -q login_shell && echo login || echo plain").stdout == "login\n"
 
 
 def test_run_with_env_and_cwd(sbx: Sandbox, workdir: Path) -> None:
