@@ -48,13 +48,17 @@ class _Rule:
     reach: int
     # Shell one-liners are code by nature: a code span does not make them a quotation.
     damp_in_code: bool
+    # Words of which the window must hold one before the pattern is tried:
+    # "in" on a short slice is far cheaper than a regex search, and common
+    # anchors ("model", "system") mostly lead nowhere.
+    needs: tuple[str, ...]
 
 
 def _rule(name: str, weight: float, anchors: str, pattern: str, back: int = 0, reach: int = 200,
-          damp_in_code: bool = True) -> _Rule:
-    """A rule; ``anchors`` separated by ";"."""
+          damp_in_code: bool = True, needs: str = "") -> _Rule:
+    """A rule; ``anchors`` and ``needs`` separated by ";"."""
     return _Rule(name, weight, tuple(anchors.split(";")), re.compile(pattern), back, reach,
-                 damp_in_code)
+                 damp_in_code, tuple(needs.split(";")) if needs else ())
 
 
 _EARLIER = r"(?:previous|prior|above|earlier|preceding|original|initial|former|foregoing)"
@@ -77,23 +81,21 @@ _TELL = (r"(?:tell(?:ing)?|inform(?:ing)?|mention(?:ing)?|reveal(?:ing)?|alert(?
 # Anchors, shared by rules so that each is looked for once per text.
 _A_IGNORE = "ignor;disregard;forget"
 _A_ORDERS = "instruction;prompt;rules;guideline;directive;polic"
-_A_LIMITS = "restrict;limitation;filter;censor;guardrail;safeguard"
+_A_LIMITS = "restrict;filter;censor"
 _A_YOU = "you are;you're;from now on"
-_A_ROLE = "pretend;roleplay;role-play;act as;act like"
+_A_ROLE = "pretend;roleplay;role-play;act as"
 _A_AI = " ai;llm;assistant;agent;model;gpt;claude"
 _A_NOT = "not ;n't ;never ;without "
 _A_SECRET = "password;token;secret;credential;key"
-_A_DEST = "http;@;webhook;url;endpoint;!["
-_A_SHELL = "curl;wget;| nc;ncat"
+_A_DEST = "http;@;webhook;!["
+_A_SHELL = "curl;wget;| nc"
 
 # Instructions addressed to a model. Signals of one name keep their highest weight.
 _INSTRUCTION_RULES: tuple[_Rule, ...] = (
-    _rule("ignore-previous", 0.75, _A_IGNORE + ";" + _A_ORDERS + ";direction;constraint;order;"
-          "messages;context;command;content;task;text",
+    _rule("ignore-previous", 0.75, _A_IGNORE + ";skip;overrid;bypass",
           rf"(?:ignor(?:e|ing)|disregard|forget|skip|overrid(?:e|ing)|bypass|discard|abandon|drop)"
           rf"\s+(?:(?:all|any|every|each|the|your|of|these|those|everything|system|safety|"
-          rf"existing)\s+){{0,4}}?{_EARLIER}\s+(?:[\w-]+\s+){{0,2}}?{_ORDERS}\b",
-          back=110, reach=40),
+          rf"existing)\s+){{0,4}}?{_EARLIER}\s+(?:[\w-]+\s+){{0,2}}?{_ORDERS}\b"),
     _rule("ignore-previous", 0.7, _A_IGNORE,
           r"(?:ignore|disregard|forget)\s+(?:all\s+|everything\s+|anything\s+)(?:of\s+)?"
           r"(?:the\s+)?(?:(?:that\s+)?(?:was\s+|you\s+were\s+|you've\s+been\s+|you\s+have\s+"
@@ -109,24 +111,28 @@ _INSTRUCTION_RULES: tuple[_Rule, ...] = (
           r"been)\s+given|given\s+to\s+you|you\s+(?:follow|received)))"),
     _rule("ignore-previous", 0.6, _A_ORDERS,
           r"your\s+(?:instructions|rules|guidelines|directives)\s+(?:have|has)\s+(?:been\s+)?"
-          r"(?:changed|updated|replaced|revoked|overridden|superseded)", back=8, reach=70),
+          r"(?:changed|updated|replaced|revoked|overridden|superseded)", back=8, reach=70,
+          needs="your "),
     _rule("ignore-previous", 0.6, _A_ORDERS,
           r"(?:previous|prior|original|earlier)\s+(?:system\s+prompt|instructions|rules|"
           r"guidelines)\s+(?:is|are|has\s+been|have\s+been)\s+(?:now\s+)?(?:revoked|void|"
           r"cancell?ed|replaced|overridden|obsolete|superseded|no\s+longer\s+(?:valid|apply|"
-          r"in\s+effect))", back=20, reach=90),
+          r"in\s+effect))", back=20, reach=90,
+          needs="revoked;void;cancel;replaced;overridden;obsolete;superseded;no longer"),
     _rule("disregard-system", 0.6, _A_ORDERS + ";" + _A_LIMITS,
           r"(?:safety|content|ethical)\s+(?:rules|guidelines|filters|policies|policy|restrictions|"
           r"protocols)\s+(?:are|have\s+been|is|has\s+been)\s+(?:now\s+|temporarily\s+)?"
           r"(?:suspended|disabled|lifted|removed|turned\s+off|waived|no\s+longer\s+(?:apply|"
-          r"active|in\s+effect))", back=12, reach=90),
-    _rule("disregard-system", 0.7, _A_ORDERS + ";" + _A_LIMITS + ";alignment;moderation",
+          r"active|in\s+effect))", back=12, reach=90,
+          needs="suspended;disabled;lifted;removed;turned off;waived;no longer"),
+    _rule("disregard-system", 0.7, _A_IGNORE + ";overrid;bypass;" + _A_ORDERS + ";" + _A_LIMITS,
           r"(?:ignore|disregard|forget|override|bypass|circumvent|disable|turn\s+off|evade)\s+"
           r"(?:(?:all|any|the|your|its|of|these|those|current)\s+){0,3}(?:system\s+(?:prompt|"
           r"message|instructions?)|safety\s+(?:guidelines|rules|filters?|measures|protocols|"
           r"training|polic(?:y|ies))|content\s+(?:polic(?:y|ies)|filters?)|guardrails|ethical\s+"
           r"(?:guidelines|constraints|rules)|restrictions|safeguards|alignment|moderation)\b",
-          back=60, reach=40),
+          back=60, reach=40,
+          needs="ignor;disregard;forget;overrid;bypass;circumvent;disabl;turn off;evad"),
     _rule("role-override", 0.65, _A_YOU,
           rf"you(?:\s+are|'re)\s+(?:now\s+)?(?:no\s+longer\s+(?:an?\s+)?(?:ai|assistant|"
           rf"chatgpt|claude|bound|restricted|limited|required|constrained)|now\s+(?:an?\s+)?"
@@ -138,23 +144,26 @@ _INSTRUCTION_RULES: tuple[_Rule, ...] = (
           r"from\s+now\s+on,?\s+(?:you\s+(?:are|will|must|shall|should|can|have\s+to)|your\s+|"
           r"respond|reply|answer|always|never|only|act|behave|do\s+not|don't)"),
     _rule("role-override", 0.5, "character; mode",
-          rf"(?:stay|remain)\s+in\s+(?:character|{_MODES}\s+mode)", back=40, reach=20),
+          rf"(?:stay|remain)\s+in\s+(?:character|{_MODES}\s+mode)", back=40, reach=20,
+          needs="stay;remain"),
     _rule("act-as", 0.3, _A_ROLE,
           r"(?:^|[.!?:\n>]\s*|please\s+|now,?\s+|you\s+(?:will|must|should|shall|are\s+to)\s+"
           r"(?:now\s+)?)(?:act|pretend|roleplay|role-play|behave)\s+(?:as|like|to\s+be|you\s+are)\b",
-          back=40, reach=30),
-    _rule("new-instructions", 0.5, _A_ORDERS + ";task;order",
+          back=40, reach=30, needs="act;pretend;roleplay;role-play;behave"),
+    _rule("new-instructions", 0.5, _A_ORDERS,
           r"(?:new|updated|revised|real|actual|true|hidden|secret)\s+(?:system\s+)?(?:instructions?|"
           r"prompt|directives?|task|orders)\s*(?:[:\-]|follow\b|are\b|is\b|received\b|below\b)",
-          back=24, reach=40),
+          back=24, reach=40, needs="new ;updated ;revised ;real ;actual ;true ;hidden ;secret "),
     _rule("new-instructions", 0.35, _A_ORDERS + ";overrid",
           r"(?:system|admin|administrator|developer)\s+(?:override|instructions?|prompt|"
-          r"directive|command)\s*:", back=16, reach=40),
+          r"directive|command)\s*:", back=16, reach=40, needs="system;admin;developer"),
     _rule("developer-mode", 0.5, " mode",
           rf"(?:{_MODES}\s+mode\s+(?:output|response|reply|answer)|(?:you\s+are\s+(?:now\s+)?in|"
           rf"simulate|simulating|stay\s+in|remain\s+in|act\s+(?:as\s+\w+\s+)?with)\s+(?:the\s+)?"
-          rf"{_MODES}\s+mode)", back=60, reach=40),
-    _rule("developer-mode", 0.15, " mode", rf"{_MODES}\s+mode\b", back=16, reach=10),
+          rf"{_MODES}\s+mode)", back=60, reach=40,
+          needs="developer;dev ;god ;jailbr;dan ;unrestricted;unfiltered;sudo"),
+    _rule("developer-mode", 0.15, " mode", rf"{_MODES}\s+mode\b", back=16, reach=10,
+          needs="developer;dev ;god ;jailbr;dan ;unrestricted;unfiltered;sudo"),
     _rule("do-anything-now", 0.7, "anything now", r"do\s+anything\s+now", back=3),
     _rule("reveal-prompt", 0.6, _A_ORDERS,
           r"(?:reveal|print|show|output|repeat|display|leak|dump|tell\s+me|give\s+me|write\s+out|"
@@ -162,47 +171,50 @@ _INSTRUCTION_RULES: tuple[_Rule, ...] = (
           r"(?:[\w,'-]+\s+){0,4}?(?:your|its|the\s+(?:hidden|secret|full|original|initial|entire|"
           r"complete|system))\s+(?:[\w-]+\s+){0,2}?(?:system\s+prompt|prompt|instructions|rules|"
           r"guidelines|directives|initial\s+message)\b(?!\s+(?:for|to|on|of)\s+(?:install|"
-          r"setting|running|using|build))", back=130, reach=40),
+          r"setting|running|using|build))", back=130, reach=40, needs="your;its ;the "),
     _rule("reveal-secret", 0.35, _A_SECRET,
           rf"(?:reveal|print|show|output|leak|dump|disclose|share|paste|tell\s+me)\s+(?:me\s+)?"
-          rf"(?:the|your|all|any|every)\s+(?:[\w-]+\s+){{0,2}}?{_SECRETS}", back=70, reach=40),
+          rf"(?:the|your|all|any|every)\s+(?:[\w-]+\s+){{0,2}}?{_SECRETS}", back=70, reach=40,
+          needs="reveal;print;show;output;leak;dump;disclose;share;paste;tell me"),
     _rule("reveal-prompt", 0.55, "repeat",
           r"repeat\s+(?:all\s+|everything\s+|the\s+)?(?:words|text|everything|prompt|"
           r"instructions|content)\s+(?:above|before|preceding|verbatim|starting)"),
     _rule("prompt-mention", 0.15, _A_ORDERS,
           r"your\s+(?:system\s+prompt|instructions|initial\s+instructions|hidden\s+instructions)",
-          back=24, reach=40),
+          back=24, reach=40, needs="your "),
     _rule("ai-addressed", 0.45, _A_AI,
           rf"if\s+you(?:\s+are|'re)\s+(?:an?\s+)?{_AI}(?:\s+(?:reading|processing|parsing|"
-          rf"summari[sz]ing|browsing|visiting|that|who|and)|\s*[,.:;])", back=24, reach=80),
+          rf"summari[sz]ing|browsing|visiting|that|who|and)|\s*[,.:;])", back=24, reach=80,
+          needs="if you"),
     _rule("ai-addressed", 0.45, _A_AI,
           rf"(?:note|message|instructions?|attention|notice|memo|reminder|directive)\s+(?:to|for)"
           rf"\s+(?:the\s+|any\s+|all\s+|every\s+)?(?:{_AI}|assistants?|agents?|models?|bots?)\b",
-          back=32, reach=80),
+          back=32, reach=80, needs=" to ; for "),
     _rule("ai-addressed", 0.3, _A_AI, rf"(?:dear|hey|hello|attention|hi)\s+{_AI}\b",
-          back=30, reach=80),
-    _rule("ai-addressed", 0.4, _A_AI,
+          back=30, reach=80, needs="dear;hey;hello;attention;hi "),
+    _rule("ai-addressed", 0.45, _A_AI,
           r"(?:ai|llm|language\s+model)\s+(?:agents?|assistants?|models?|systems?|crawlers?|"
           r"bots?)\s+(?:reading|processing|parsing|summari[sz]ing|browsing|visiting|must|should|"
-          r"are\s+(?:required|instructed|expected))", back=12, reach=80),
+          r"are\s+(?:required|instructed|expected))", back=16, reach=80, needs="ai ;llm ;language"),
     _rule("ai-addressed", 0.45, _A_AI,
           r"(?:ai|llm|language\s+model|assistant|model|agent|bot)s?\s+(?:reading|processing|"
-          r"summari[sz]ing|parsing|browsing)\s+this\b", back=12, reach=80),
+          r"summari[sz]ing|parsing|browsing)\s+this\b", back=12, reach=80, needs="ing this"),
     _rule("ai-addressed", 0.45, _A_AI,
           r"(?:^|\n|#|//|<!--|\*)[ \t]*(?:ai|llm)(?:\s+(?:agent|assistant|model|bot)s?)?\s*:",
-          back=8, reach=80),
+          back=8, reach=40, needs="ai;llm"),
     _rule("ai-addressed", 0.45, _A_AI,
           r"(?:^|\n|#|//|<!--|\*|[.!?])[ \t]*(?:hey\s+|hi\s+|dear\s+|ok\s+)?(?:ai|llm|assistant|"
           r"agent|claude|chatgpt|gpt|copilot|gemini),\s*(?:please|ignore|you|do|don't|always|never|"
-          r"from|forget|disregard|stop|now|when)\b", back=16, reach=80),
+          r"from|forget|disregard|stop|now|when)\b", back=16, reach=60, needs=","),
     _rule("ai-addressed", 0.45, _A_AI,
           r"when\s+(?:the|an?|any)\s+(?:ai|llm|assistant|model|agent|bot|language\s+model)\s+"
           r"(?:reads|processes|parses|summari[sz]es|sees|reviews|evaluates|screens|visits)\s+this",
-          back=16, reach=80),
+          back=16, reach=60, needs="when "),
     _rule("ai-addressed", 0.3, _A_AI,
           r"the\s+(?:ai|assistant|model|agent|llm)\s+(?:must|should|shall|will|is\s+(?:required|"
           r"instructed)\s+to)\s+(?:now\s+)?(?:disclose|reveal|send|forward|ignore|output|print|"
-          r"execute|run|approve|grant|delete|append|include|tell|say|recommend)", back=8, reach=80),
+          r"execute|run|approve|grant|delete|append|include|tell|say|recommend)", back=8, reach=80,
+          needs="the "),
     _rule("do-not-tell", 0.5, _A_NOT,
           r"(?:not|n't|never)\s+(?:reveal|mention|disclose|repeat|show)\s+(?:this|these|the\s+"
           r"(?:above|following))\s+(?:instructions?|messages?|notes?|directives?|text)"),
@@ -247,11 +259,11 @@ _INSTRUCTION_RULES: tuple[_Rule, ...] = (
     _rule("remote-code", 0.35, "http",
           r"(?:open|download|fetch|get|curl|wget)\s+https?://\S+\s+(?:and|then|,)\s+(?:then\s+)?"
           r"(?:execute|run|eval|source|install)\b", back=12, damp_in_code=False),
-    _rule("unrestricted", 0.3, _A_LIMITS + ";guideline;polic",
+    _rule("unrestricted", 0.3, "without ;no ;free ",
           r"(?:without|no|free\s+(?:of|from))\s+(?:any\s+)?(?:restrictions|limitations|filters|"
           r"filtering|censorship|ethical\s+(?:guidelines|constraints|considerations)|moral\s+"
           r"(?:guidelines|constraints)|content\s+polic(?:y|ies)|safety\s+(?:guidelines|filters))",
-          back=40, reach=40),
+          reach=60),
     _rule("unrestricted", 0.35, "comply",
           r"comply\s+with\s+(?:all|every|any)\s+(?:requests?|commands?|instructions?|demands?)"),
     _rule("unrestricted", 0.35, _A_LIMITS,
@@ -275,7 +287,8 @@ _INSTRUCTION_RULES: tuple[_Rule, ...] = (
           rf"webhook|!\[|a\s+(?:link|url|markdown\s+image))", back=300, reach=60),
     _rule("exfiltration", 0.55, _A_DEST,
           rf"(?:https?://\S+[^\n]{{0,150}}?{_SENSITIVE_FILES}|{_SENSITIVE_FILES}[^\n]{{0,150}}?"
-          rf"(?:https?://|[\w.+-]+@[\w-]+\.[a-z]))", back=180, reach=240),
+          rf"(?:https?://|[\w.+-]+@[\w-]+\.[a-z]))", back=180, reach=240,
+          needs="~/.;.netrc;id_rsa;id_ed25519;/etc/;.env"),
     _rule("shell-exfiltration", 0.55, _A_SHELL,
           r"(?:curl|wget|ncat|nc)\b[^\n]{0,200}?(?:\$\((?:env|printenv|cat|whoami)\b|`(?:env|"
           r"printenv|cat)\b|~/\.(?:ssh|aws|netrc|docker|kube|config/gh)|/etc/(?:passwd|shadow)|"
@@ -578,11 +591,20 @@ def _find_all(text: str, literal: str) -> Iterator[int]:
         i = text.find(literal, i + 1)
 
 
+def _holds_any(window: str, words: tuple[str, ...]) -> bool:
+    return any(word in window for word in words)
+
+
 def _matches(rule: _Rule, anchors: _Anchors) -> Iterator[re.Match[str]]:
     low, seen = anchors.low, set()
     for i in anchors.hits(rule.anchors):
-        m = (rule.pattern.match(low, i, i + rule.reach) if rule.back == 0
-             else rule.pattern.search(low, max(0, i - rule.back), i + rule.reach))
+        if rule.back == 0:
+            m = rule.pattern.match(low, i, i + rule.reach)
+        else:
+            lo, hi = max(0, i - rule.back), i + rule.reach
+            if rule.needs and not _holds_any(low[lo:hi], rule.needs):
+                continue
+            m = rule.pattern.search(low, lo, hi)
         if m is not None and m.start() not in seen:
             seen.add(m.start())
             yield m
@@ -626,11 +648,21 @@ def _smuggled_words(channel: str, content: str) -> bool:
     return channel == "unicode-tags" and len(content) >= 8 and " " in content.strip()
 
 
+# Joins a channel's segments: no pattern crosses it, so each is judged alone.
+_SEGMENT_BREAK = "\n\n\x00\n\n"
+
+
 def _hidden_signals(text: _Text) -> dict[str, float]:
-    found: dict[str, float] = {}
+    """Signals from text a reader would not see. A channel's segments are
+    judged together (one pass of the rules, not one per HTML comment)."""
+    by_channel: dict[str, list[str]] = {}
     for channel, content in _hidden_segments(text):
-        inner = _instruction_signals(content, damp=False)
-        if max(inner.values(), default=0.0) < _HIDDEN_MIN and not _smuggled_words(channel, content):
+        by_channel.setdefault(channel, []).append(content)
+    found: dict[str, float] = {}
+    for channel, contents in by_channel.items():
+        inner = _instruction_signals(_SEGMENT_BREAK.join(contents), damp=False)
+        smuggled = any(_smuggled_words(channel, content) for content in contents)
+        if max(inner.values(), default=0.0) < _HIDDEN_MIN and not smuggled:
             continue
         found[channel] = _HIDDEN_WEIGHTS[channel]
         for name, weight in inner.items():

@@ -211,7 +211,9 @@ _NOT_PHONE_SHAPES = frozenset({(4, 2, 2), (2, 2, 4), (3, 2, 4)})
 _INTERNATIONAL_SHAPE = re.compile(rb"\+[ \xa0]?0[0 \xa0().\-]{5,24}0")
 _AREA_IN_PARENS_SHAPE = re.compile(rb"\(000\)[ \xa0]?000[ \xa0.\-]0000")
 _NANP_SHAPE = re.compile(rb"000[.\-]000[.\-]0000")
-_TRUNK_CANDIDATE = re.compile(r"0\d{1,4}(?:[ \u00a0.\-]\d{2,8}){1,5}")
+# The lookbehind after the literal "0" drops, inside the regex engine, the
+# "05-02" of every date; a leading lookbehind would cost the literal search.
+_TRUNK_CANDIDATE = re.compile(r"0(?<![\w.\-/+]0)[0-9]{1,4}(?:[ \u00a0.\-][0-9]{2,8}){1,5}")
 # A bare digit run or a space-only grouping is a phone only when labelled as one.
 _PHONE_WORDS = ("phone", "tel", "mob", "cell", "fax", "call", "sms", "whatsapp", "hotline",
                 "contact")
@@ -522,10 +524,11 @@ _CIDR_SUFFIX = re.compile(r"/\d{1,2}(?!\d)")
 _VERSION_BEFORE = re.compile(
     r"(?i)(?<![a-z])(?:version|ver|release|build|firmware|rev|v)\.?\s*[:=]?\s*[\"']?$"
 )
-_IPV6_GATE = re.compile(r":[0-9A-Fa-f]{0,4}:")
+# "::", or three colons: a time of day such as 10:22:31 has two.
+_IPV6_GATE = re.compile(r"::|:[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:")
 _IPV6 = re.compile(r"(?:[0-9A-Fa-f]{1,4}:|::)[0-9A-Fa-f:.]{1,45}(?<=[0-9A-Fa-f])(?![\w:]|\.\d)")
 _HEX_GROUP = re.compile(r"[0-9A-Fa-f]{1,4}")
-_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_HEX_OR_COLON = frozenset("0123456789abcdefABCDEF:")
 
 
 def _ipv4_at(text: str, start: int, end: int) -> bool:
@@ -589,7 +592,7 @@ def _ipv6s(scan: _Scan) -> Iterator[Span]:
         start = gate.start()
         if start < done:
             continue
-        while start > 0 and text[start - 1] in _HEX_DIGITS and gate.start() - start < 4:
+        while start > 0 and text[start - 1] in _HEX_OR_COLON and gate.start() - start < 40:
             start -= 1
         m = _IPV6.match(text, start)
         if m is None or not _free_left(text, start, ":."):
@@ -626,8 +629,9 @@ _PREFIXED: tuple[tuple[str, int, re.Pattern[str], str], ...] = tuple(
 )
 _GH_PREFIX = re.compile(r"gh[pousr]_")
 _URL_PASSWORD = re.compile(r"://[^\s/:@\"'<>]{1,64}:([^\s/@\"'<>]{1,128})@(?=[\w\[])")
-# Found in any case through the case variants people write.
-_PASSWORD_WORDS = ("password", "Password", "PASSWORD", "passwd", "PASSWD", "pwd", "PWD")
+# (literal, offset of the word's start before it): "assw" finds password,
+# Password and passwd at once; the pattern then checks the whole word.
+_PASSWORD_WORDS = (("assw", 1), ("ASSW", 1), ("pwd", 0), ("PWD", 0))
 _PASSWORD_ASSIGNED = re.compile(
     r"(?i)(?:password|passwd|pwd)[\"']?\s*(?:=|:|=>)\s*"
     r"(?:([\"'])([^\"'\s\\]{8,128})\1|([^\s&\"'<>;,\\]{8,128}))"
@@ -671,7 +675,8 @@ def _known_secrets(scan: _Scan) -> Iterator[Span]:
 
 def _assigned_passwords(scan: _Scan) -> Iterator[Span]:
     text = scan.text
-    for i in sorted({i for word in _PASSWORD_WORDS for i in _find_all(text, word)}):
+    hits = {i - back for word, back in _PASSWORD_WORDS for i in _find_all(text, word) if i >= back}
+    for i in sorted(hits):
         m = _PASSWORD_ASSIGNED.match(text, i)
         if m is None or (i and text[i - 1].isalpha()):
             continue
@@ -689,6 +694,7 @@ _TOKEN_CHARS = frozenset(
 _VALUE_GATE = re.compile(rb"=[ \t]{0,3}=?([aA0+/_.~\-]{20,1024})")
 _TOKEN_KEYWORDS = frozenset({"bearer", "token", "basic", "key", "secret", "password"})
 _TOKEN_KEYWORD_ENDINGS = tuple(_TOKEN_KEYWORDS)
+_TOKEN_KEYWORD_TAILS = frozenset(w[-3:] for w in _TOKEN_KEYWORDS)
 # A long value after a blank (in the token shape): the word before it may
 # name it ("Bearer <token>").
 _SPACED_VALUE = re.compile(rb" (bbbbbbbbbbbbbbbbbbbb+)")
@@ -798,9 +804,9 @@ def _decodes_to_words(token: str) -> bool:
 
 
 def _benign_shape(token: str, context: int) -> bool:
-    if _DIGEST_PREFIX.match(token) or _path_like(token) or _decodes_to_words(token):
+    if context == WEAK and (len(token) > 128 or _HEX.fullmatch(token) or _UUID.fullmatch(token)):
         return True
-    if context == WEAK and (_UUID.fullmatch(token) or _HEX.fullmatch(token) or len(token) > 128):
+    if _DIGEST_PREFIX.match(token) or _path_like(token) or _decodes_to_words(token):
         return True
     covered = sum(len(w) for w in _WORDLIKE.findall(token))
     return covered >= 0.6 * len(token)
@@ -819,7 +825,7 @@ def _token_span(text: str, start: int, end: int, context: int) -> Span | None:
     if end < len(text) and text[end] in _TOKEN_CHARS:
         return None  # longer than any key
     token = text[start:end].rstrip(".-")
-    if len(token) < 20 or _benign_shape(token, context) or not _random_enough(token, context):
+    if len(token) < 20 or not _random_enough(token, context) or _benign_shape(token, context):
         return None
     end = start + len(token)
     while end < len(text) and text[end] == "=" and end - start - len(token) < 2:
@@ -842,6 +848,8 @@ def _keyword_tokens(scan: _Scan) -> Iterator[Span]:
     text = scan.text
     for m in _SPACED_VALUE.finditer(scan.token_shape):
         start, end = m.span(1)
+        if text[max(0, start - 4) : start - 1].lower() not in _TOKEN_KEYWORD_TAILS:
+            continue  # the cheap test first: most long words follow other words
         before = text[max(0, start - 8) : start - 1].lower()
         word = next((w for w in _TOKEN_KEYWORD_ENDINGS if before.endswith(w)), None)
         if word is None or end - start > 1024:
