@@ -372,10 +372,16 @@ def _quoted(low: str, start: int, except_: str = "") -> bool:
     return bool(before) and before[-1] in _QUOTES and before[-1] not in except_
 
 
+def _line_start(low: str, start: int) -> int:
+    """Where the line holding ``start`` begins, looking back 400 characters
+    at most: minified bodies are one line."""
+    return max(low.rfind("\n", max(0, start - 400), start) + 1, start - 400, 0)
+
+
 def _in_quotation(low: str, start: int) -> bool:
     """Inside a double-quoted span on its line that is a quotation, not a
     JSON string value."""
-    seg = low[low.rfind("\n", 0, start) + 1 : start]
+    seg = low[_line_start(low, start) : start]
     open_at = seg.rfind("\u201c") if seg.count("\u201c") > seg.count("\u201d") else -1
     if open_at == -1 and seg.count('"') % 2:
         open_at = seg.rfind('"')
@@ -394,8 +400,8 @@ def _conditional(low: str, start: int, end: int) -> bool:
 
 def _in_code(low: str, start: int, fences: list[int]) -> bool:
     """Inside a ``` block, or inside `inline code` on its line."""
-    line_start = low.rfind("\n", 0, start) + 1
-    return bisect_right(fences, start) % 2 == 1 or low.count("`", line_start, start) % 2 == 1
+    return (bisect_right(fences, start) % 2 == 1
+            or low.count("`", _line_start(low, start), start) % 2 == 1)
 
 
 def _damping(low: str, start: int, end: int, fences: list[int], in_code: bool = True) -> float:
@@ -405,7 +411,8 @@ def _damping(low: str, start: int, end: int, fences: list[int], in_code: bool = 
     code = in_code and (_in_code(low, start, fences) or low[start - 1 : start] == "`")
     if _quoted(low, start, "" if in_code else "`") or _in_quotation(low, start) or code:
         factor *= 0.5
-    sentence = max(low.rfind(".", 0, start), low.rfind("\n", 0, start), start - 200) + 1
+    lo = max(0, start - 200)
+    sentence = max(low.rfind(".", lo, start), low.rfind("\n", lo, start), lo - 1) + 1
     if _REPORTED.search(before) or _REPORTING_CLAUSE.search(low, sentence, start):
         factor *= 0.5
     if (_PERMISSIVE.search(before) or _conditional(low, start, end)
@@ -430,7 +437,6 @@ _CONFUSABLES = str.maketrans(
     "aeopcyxijshdoaeiknptux",
 )
 _MIXED_SCRIPT = re.compile("[A-Za-z][\u0370-\u052f]|[\u0370-\u052f][A-Za-z]")
-_MIXED_SCRIPT_WORD = re.compile("\\w*(?:[A-Za-z][\u0370-\u052f]|[\u0370-\u052f][A-Za-z])\\w*")
 _TO_ASCII_QUOTES = str.maketrans("\u201c\u201d\u2018\u2019\u00ab\u00bb", "\"\"''\"\"")
 
 
@@ -454,8 +460,23 @@ def _ascii(text: str) -> str:
     return text.encode("ascii", "replace").decode("ascii")
 
 
-def _latin_lookalikes(word: re.Match[str]) -> str:
-    return word.group().translate(_CONFUSABLES)
+def _latin_lookalikes(line: str) -> str:
+    """``line`` with the look-alike letters of words that mix scripts
+    ("ign\u043ere") mapped to Latin; words wholly in Cyrillic or Greek stay."""
+    out: list[str] = []
+    pos = 0
+    for m in _MIXED_SCRIPT.finditer(line):
+        start, end = m.start(), m.end()
+        if start < pos:
+            continue
+        while start > pos and line[start - 1].isalnum():
+            start -= 1
+        while end < len(line) and line[end].isalnum():
+            end += 1
+        out += (line[pos:start], line[start:end].translate(_CONFUSABLES))
+        pos = end
+    out.append(line[pos:])
+    return "".join(out)
 
 
 def _visible_line(line: str) -> str:
@@ -465,33 +486,48 @@ def _visible_line(line: str) -> str:
         line = unicodedata.normalize("NFKC", line)
     if _ZERO_WIDTH.search(line):
         line = _ZERO_WIDTH.sub("", line)
-    if _MIXED_SCRIPT.search(line):
-        line = _MIXED_SCRIPT_WORD.sub(_latin_lookalikes, line)
+    line = _latin_lookalikes(line)
     return _ascii(line.lower())
 
 
+_PIECE = 4096
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """``text`` in lines, long lines cut after a space: most pieces of most
+    bodies are ASCII and take the fast path, even in minified bodies.
+    Joined with "", the pieces are ``text``."""
+    for line in text.splitlines(keepends=True):
+        pos = 0
+        while len(line) - pos > _PIECE:
+            cut = line.find(" ", pos + _PIECE) + 1 or len(line)
+            yield line[pos:cut]
+            pos = cut
+        if pos < len(line):
+            yield line[pos:]
+
+
 def _prepare(text: str) -> _Text:
-    """The text as a model would read it. Line by line, because most lines
-    of most bodies are ASCII and take the fast path."""
+    """The text as a model would read it, piece by piece."""
     if text.isascii():
         return _Text(text.lower(), text)
     low: list[str] = []
     folded: list[str] = []
     tags: list[str] = []
     zero_width, bidi = 0, False
-    for line in text.split("\n"):
-        if line.isascii():
-            low.append(line.lower())
-            folded.append(line)
+    for piece in _pieces(text):
+        if piece.isascii():
+            low.append(piece.lower())
+            folded.append(piece)
             continue
-        low.append(_visible_line(line))
-        folded.append(_ascii(line))
-        if _ZERO_WIDTH.search(line):
-            zero_width += len(_ZERO_WIDTH_IN_WORD.findall(line))
-        bidi = bidi or _BIDI.search(line) is not None
+        low.append(_visible_line(piece))
+        folded.append(_ascii(piece))
+        if _ZERO_WIDTH.search(piece):
+            zero_width += len(_ZERO_WIDTH_IN_WORD.findall(piece))
+        bidi = bidi or _BIDI.search(piece) is not None
         tags += ("".join(chr(ord(c) - 0xE0000) for c in m.group()).lower()
-                 for m in _TAG_CHARS.finditer(line))
-    return _Text("\n".join(low), "\n".join(folded), zero_width, bidi, tuple(tags))
+                 for m in _TAG_CHARS.finditer(piece))
+    return _Text("".join(low), "".join(folded), zero_width, bidi, tuple(tags))
 
 
 # -- hidden channels --------------------------------------------------------------------------
