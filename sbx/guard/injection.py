@@ -77,7 +77,6 @@ _MODES = r"(?:developer|dev|god|jailbreak|jailbroken|dan|unrestricted|unfiltered
 _TELL = (r"(?:tell(?:ing)?|inform(?:ing)?|mention(?:ing)?|reveal(?:ing)?|alert(?:ing)?|"
          r"notify(?:ing)?|warn(?:ing)?|let(?:ting)?\s+know|disclos(?:e|ing)|report(?:ing)?)")
 
-# Instructions addressed to a model. Signals of one name keep their highest weight.
 # Anchors, shared by rules so that each is looked for once per text.
 _A_IGNORE = "ignor;disregard;forget"
 _A_ORDERS = "instruction;prompt;rules;guideline;directive;polic"
@@ -171,7 +170,9 @@ _INSTRUCTION_RULES: tuple[_Rule, ...] = (
           r"(?:[\w,'-]+\s+){0,4}?(?:your|its|the\s+(?:hidden|secret|full|original|initial|entire|"
           r"complete|system))\s+(?:[\w-]+\s+){0,2}?(?:system\s+prompt|prompt|instructions|rules|"
           r"guidelines|directives|initial\s+message)\b(?!\s+(?:for|to|on|of)\s+(?:install|"
-          r"setting|running|using|build))", back=130, reach=40, needs="your;its ;the "),
+          r"setting|running|using|build))", back=130, reach=40,
+          needs="your;its ;the hidden;the secret;the full;the original;the initial;the entire;"
+          "the complete;the system"),
     _rule("reveal-secret", 0.35, _A_SECRET,
           rf"(?:reveal|print|show|output|leak|dump|disclose|share|paste|tell\s+me)\s+(?:me\s+)?"
           rf"(?:the|your|all|any|every)\s+(?:[\w-]+\s+){{0,2}}?{_SECRETS}", back=70, reach=40,
@@ -404,22 +405,39 @@ def _in_code(low: str, start: int, fences: list[int]) -> bool:
             or low.count("`", _line_start(low, start), start) % 2 == 1)
 
 
+def _quoted_or_code(low: str, start: int, fences: list[int], in_code: bool) -> bool:
+    if in_code and (_in_code(low, start, fences) or low[start - 1 : start] == "`"):
+        return True
+    return _quoted(low, start, "" if in_code else "`") or _in_quotation(low, start)
+
+
+def _reported(low: str, start: int) -> bool:
+    lo = max(0, start - 200)
+    sentence = max(low.rfind(".", lo, start), low.rfind("\n", lo, start), lo - 1) + 1
+    return (_REPORTED.search(low, max(0, start - 40), start) is not None
+            or _REPORTING_CLAUSE.search(low, sentence, start) is not None)
+
+
+def _permitted(low: str, start: int, end: int) -> bool:
+    return (_PERMISSIVE.search(low, max(0, start - 40), start) is not None
+            or _conditional(low, start, end) or _OWN_WORDS_AFTER.match(low, end) is not None)
+
+
+def _discussed(low: str, start: int, end: int) -> bool:
+    lo, hi = max(0, start - _META_WINDOW), end + _META_WINDOW
+    return len({m.group() for m in _META.finditer(low, lo, hi)}) >= 2
+
+
 def _damping(low: str, start: int, end: int, fences: list[int], in_code: bool = True) -> float:
     """How much a match counts, from 1.0 down, by what surrounds it."""
     factor = 1.0
-    before = low[max(0, start - 40) : start]
-    code = in_code and (_in_code(low, start, fences) or low[start - 1 : start] == "`")
-    if _quoted(low, start, "" if in_code else "`") or _in_quotation(low, start) or code:
+    if _quoted_or_code(low, start, fences, in_code):
         factor *= 0.5
-    lo = max(0, start - 200)
-    sentence = max(low.rfind(".", lo, start), low.rfind("\n", lo, start), lo - 1) + 1
-    if _REPORTED.search(before) or _REPORTING_CLAUSE.search(low, sentence, start):
+    if _reported(low, start):
         factor *= 0.5
-    if (_PERMISSIVE.search(before) or _conditional(low, start, end)
-            or _OWN_WORDS_AFTER.match(low, end)):
+    if _permitted(low, start, end):
         factor *= 0.4
-    lo, hi = max(0, start - _META_WINDOW), end + _META_WINDOW
-    if len({m.group() for m in _META.finditer(low, lo, hi)}) >= 2:
+    if _discussed(low, start, end):
         factor *= 0.6
     return factor
 
@@ -532,15 +550,17 @@ def _prepare(text: str) -> _Text:
 
 # -- hidden channels --------------------------------------------------------------------------
 _HTML_COMMENT = re.compile(r"<!--([\s\S]{0,20000}?)-->")
-_HIDDEN_BLOCK = re.compile(
-    r"<([a-z][a-z0-9]*)\b[^>]{0,400}?(?:style\s*=\s*[\"'][^\"']{0,300}?(?:display\s*:\s*none|"
-    r"visibility\s*:\s*hidden|font-size\s*:\s*0(?![.\d]*[1-9])|opacity\s*:\s*0(?![.\d]*[1-9])|"
-    r"color\s*:\s*(?:#fff(?:fff)?|white|transparent)\b)|\bhidden\b|aria-hidden\s*=\s*[\"']true)"
-    r"[^>]{0,400}>([\s\S]{0,20000}?)</\1>"
-)
+# What hides an element; each opens with a literal, found as fast as str.find.
+_HIDING = tuple(re.compile(p) for p in (
+    r"display\s*:\s*none", r"visibility\s*:\s*hidden", r"font-size\s*:\s*0(?![.\d]*[1-9])",
+    r"opacity\s*:\s*0(?![.\d]*[1-9])", r"color\s*:\s*(?:#fff(?:fff)?|white|transparent)\b",
+    r"hidden(?=[\s>/=])", r"aria-hidden\s*=\s*[\"']true",
+))
+_TAG_NAME = re.compile(r"<([a-z][a-z0-9]*)\b")
+_MAX_HIDDEN = 20000
 # Text shown only when an image fails to load, or on hover.
-_ATTRIBUTE_VALUE = re.compile(r'="([^"<>]{12,2000})"')
-_HIDDEN_ATTRIBUTE_NAME = re.compile(r"(?:\balt|\btitle|aria-label|data-[\w-]+)\s*$")
+_HIDDEN_ATTRIBUTES = (" alt", " title", " aria-label", " data-")
+_ATTRIBUTE_VALUE = re.compile(r'[\w-]*\s*=\s*"([^"<>]{12,2000})"')
 # Base64 runs are found in a copy where every base64 character is "b" and
 # every other one ".": the search then skips from "." to "." instead of
 # trying the character class at every position.
@@ -579,9 +599,28 @@ def _base64_blobs(folded: str) -> Iterator[str]:
 
 
 def _hidden_attributes(low: str) -> Iterator[str]:
-    for m in _ATTRIBUTE_VALUE.finditer(low):
-        if _HIDDEN_ATTRIBUTE_NAME.search(low, max(0, m.start() - 24), m.start()):
-            yield m.group(1)
+    for name in _HIDDEN_ATTRIBUTES:
+        for i in _find_all(low, name):
+            m = _ATTRIBUTE_VALUE.match(low, i + len(name))
+            if m is not None:
+                yield m.group(1)
+
+
+def _hidden_blocks(low: str) -> Iterator[str]:
+    """The content of elements whose own tag hides them."""
+    opened: set[int] = set()
+    for pattern in _HIDING:
+        for m in pattern.finditer(low):
+            start = low.rfind("<", max(0, m.start() - 400), m.start())
+            if start == -1 or start in opened or low.find(">", start, m.start()) != -1:
+                continue  # not inside a start tag, or that tag was seen
+            opened.add(start)
+            tag, tag_end = _TAG_NAME.match(low, start), low.find(">", m.end())
+            if tag is None or tag_end == -1:
+                continue
+            close = low.find(f"</{tag.group(1)}>", tag_end, tag_end + _MAX_HIDDEN)
+            if close != -1:
+                yield low[tag_end + 1 : close]
 
 
 def _hidden_segments(text: _Text) -> Iterator[tuple[str, str]]:
@@ -592,10 +631,7 @@ def _hidden_segments(text: _Text) -> Iterator[tuple[str, str]]:
             yield "hidden-html", m.group(1)
     if "<" in low:
         yield from (("hidden-html", value) for value in _hidden_attributes(low))
-        if "hidden" in low or "none" in low or "font-size" in low or "opacity" in low or (
-                "color" in low):
-            for m in _HIDDEN_BLOCK.finditer(low):
-                yield "hidden-css", m.group(2)
+        yield from (("hidden-css", content) for content in _hidden_blocks(low))
     for blob in _base64_blobs(text.folded):
         decoded = _decode_base64(blob)
         if decoded is not None:

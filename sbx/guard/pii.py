@@ -63,6 +63,8 @@ _TOKEN_SHAPE_TABLE = bytes(
     for c in range(256)
 )
 _LABEL_WINDOW = 48
+
+
 class _Scan:
     """One text and the passes several detectors share, made on first use."""
 
@@ -82,9 +84,9 @@ class _Scan:
         for pattern in _LABELLED_SHAPES:
             for m in pattern.finditer(self.shape):
                 start, end = _with_country_one(text, m.start()), m.end()
-                if start != m.start() and not _free_left(text, start, "+.-/@#$%"):
+                if start != m.start() and not _free_left(text, start, _PHONE_LEFT):
                     start = m.start()
-                if _free_left(text, start, "+.-/@#$%") and not _glued(text, end):
+                if _free_left(text, start, _PHONE_LEFT) and not _glued(text, end):
                     out.append((start, end))
         return out
 
@@ -223,7 +225,7 @@ _PHONE_LABEL = re.compile(
     r"\+?$"
 )
 # What _nanp and _trunk make of a grouping.
-NOT_PHONE, IF_LABELLED, PHONE = 0, 1, 2
+_NO, _IF_LABELLED, _YES = 0, 1, 2
 
 
 def _phone_marks(seps: list[str]) -> set[str]:
@@ -248,7 +250,7 @@ def _valid_phone(text: str, start: int, end: int, labelled: bool = False) -> boo
     if len(_phone_marks(seps)) > 1:
         return False
     verdict = max(_nanp(groups, seps, lead), _trunk(groups))
-    return verdict == PHONE or (verdict == IF_LABELLED and labelled)
+    return verdict == _YES or (verdict == _IF_LABELLED and labelled)
 
 
 def _valid_labelled_phone(text: str, start: int, end: int) -> bool:
@@ -270,26 +272,26 @@ def _nanp(groups: list[str], seps: list[str], lead: str) -> int:
     if len(groups) == 1:
         run = groups[0][1:] if len(groups[0]) == 11 and groups[0][0] == "1" else groups[0]
         plausible = len(run) == 10 and run[0] not in "01" and run[3] not in "01"
-        return IF_LABELLED if plausible else NOT_PHONE
+        return _IF_LABELLED if plausible else _NO
     if len(groups) == 4 and groups[0] == "1":
         groups, seps = groups[1:], seps[1:]
     if [len(g) for g in groups] != [3, 3, 4] or groups[0][0] in "01" or groups[1][0] in "01":
-        return NOT_PHONE
+        return _NO
     if lead == "(" or "(" in "".join(seps) or _phone_marks(seps) != {" "}:
-        return PHONE
-    return IF_LABELLED  # "415 555 0132" could be three numbers in a table
+        return _YES
+    return _IF_LABELLED  # "415 555 0132" could be three numbers in a table
 
 
 def _trunk(groups: list[str]) -> int:
     """European national numbers: a trunk 0, then 8-11 digits in groups."""
     first, n = groups[0], sum(map(len, groups))
     if first[0] != "0" or first.startswith("00") or len(first) > 5:
-        return NOT_PHONE
+        return _NO
     if len(groups) == 1:
-        return IF_LABELLED if 10 <= n <= 12 else NOT_PHONE
+        return _IF_LABELLED if 10 <= n <= 12 else _NO
     if not 9 <= n <= 12 or len(groups) > 6 or min(map(len, groups)) < 2:
-        return NOT_PHONE
-    return PHONE if n > 9 or len(groups) >= 3 else NOT_PHONE
+        return _NO
+    return _YES if n > 9 or len(groups) >= 3 else _NO
 
 
 _PHONE_LEFT = "+.-/@#$%"
@@ -321,7 +323,7 @@ def _prefixed_or_trunk(scan: _Scan) -> Iterator[Span]:
                                          _valid_phone)
     for m in _TRUNK_CANDIDATE.finditer(text):
         if not _free_left(text, m.start(), _PHONE_LEFT):
-            continue  # most candidates: the "05-01 10" of a date and time
+            continue  # the lookbehind in the pattern does not cover "@#$%"
         yield from _longest_valid_prefix(_PHONE, text, m.span(), _PHONE_LEFT, _PHONE_DIGITS,
                                          _valid_phone)
 
@@ -649,7 +651,7 @@ def _placeholder(value: str) -> bool:
 
 
 def _filler(key: str) -> bool:
-    """"AKIAXXXXXXXXXXXXXXXX" and "sk_live_000...": documentation, not a key."""
+    """Whether a key is a documentation filler such as AKIAXXXXXXXXXXXXXXXX."""
     return len(set(key[-16:])) <= 2
 
 
@@ -717,7 +719,7 @@ _DIGEST_PREFIX = re.compile(r"(?i)(?:sha\d{0,3}|md5)[\-:_]|pk_(?:live|test)_")
 _ANY_DIGIT = re.compile(r"\d")
 _WORDLIKE = re.compile(r"[A-Z]?[a-z]{3,}")
 _WORDY_SEGMENT = re.compile(r"[a-z0-9_.\-~]*|[A-Z]?[a-z0-9_.\-]+")
-STRONG, WEAK, NONE = 2, 1, 0
+_STRONG, _WEAK, _NONE = 2, 1, 0
 
 
 _XLOGX = (0.0, *(c * math.log2(c) for c in range(1, 1025)))
@@ -744,8 +746,8 @@ def _name_strength(name: str) -> int:
     lowered = name.lower()
     if parts & _SECRET_NAMES or any(p in lowered for p in _SECRET_NAME_PARTS):
         benign_key = "key" in parts and bool(parts & _BENIGN_NAMES)
-        return WEAK if benign_key else STRONG
-    return NONE if parts & _BENIGN_NAMES else WEAK
+        return _WEAK if benign_key else _STRONG
+    return _NONE if parts & _BENIGN_NAMES else _WEAK
 
 
 def _assigned_name(text: str, start: int) -> str | None:
@@ -774,11 +776,11 @@ def _skip_back(text: str, i: int, chars: str, most: int = 4) -> int:
 def _value_context(text: str, start: int) -> int:
     """How plainly the token at ``start`` is presented as a secret value."""
     if text.endswith(("\\n", "\\r", "\\t"), 0, start):
-        return NONE
+        return _NONE
     name = _assigned_name(text, start)
     if name is not None:
         return _name_strength(name)
-    return WEAK if start and text[start - 1] in "\"'`" else NONE
+    return _WEAK if start and text[start - 1] in "\"'`" else _NONE
 
 
 def _path_like(token: str) -> bool:
@@ -804,7 +806,7 @@ def _decodes_to_words(token: str) -> bool:
 
 
 def _benign_shape(token: str, context: int) -> bool:
-    if context == WEAK and (len(token) > 128 or _HEX.fullmatch(token) or _UUID.fullmatch(token)):
+    if context == _WEAK and (len(token) > 128 or _HEX.fullmatch(token) or _UUID.fullmatch(token)):
         return True
     if _DIGEST_PREFIX.match(token) or _path_like(token) or _decodes_to_words(token):
         return True
@@ -817,7 +819,7 @@ def _random_enough(token: str, context: int) -> bool:
         return len(token) >= 32 and shannon_entropy(token) >= 3.0
     if _classes(token) < 2:
         return False
-    return shannon_entropy(token) >= (3.5 if context == STRONG else 4.0)
+    return shannon_entropy(token) >= (3.5 if context == _STRONG else 4.0)
 
 
 def _token_span(text: str, start: int, end: int, context: int) -> Span | None:
@@ -856,7 +858,7 @@ def _keyword_tokens(scan: _Scan) -> Iterator[Span]:
             continue
         if not _free_left(text, start - 1 - len(word)):
             continue
-        span = _token_span(text, start, end, STRONG)
+        span = _token_span(text, start, end, _STRONG)
         if span is not None:
             yield span
 
