@@ -164,6 +164,10 @@ _INSTRUCTION_RULES: tuple[_Rule, ...] = (
     _rule("developer-mode", 0.15, " mode", rf"{_MODES}\s+mode\b", back=16, reach=10,
           needs="developer;dev ;god ;jailbr;dan ;unrestricted;unfiltered;sudo"),
     _rule("do-anything-now", 0.7, "anything now", r"do\s+anything\s+now", back=3),
+    # "DAN" by itself: the persona of that jailbreak, or someone called Dan.
+    _rule("do-anything-now", 0.3, " dan",
+          r"(?:as|named|called|are|is|be|stay|remain)\s+dan\b|\bdan\s+(?:mode|prompt|jailbreak)\b|"
+          r"(?:^|\n)[ \t]*\[?dan\]?\s*:", back=10, reach=20),
     _rule("reveal-prompt", 0.6, _A_ORDERS,
           r"(?:reveal|print|show|output|repeat|display|leak|dump|tell\s+me|give\s+me|write\s+out|"
           r"recite|disclose|expose|share|spell\s+out|what\s+(?:is|are|were))\s+(?:me\s+|us\s+)?"
