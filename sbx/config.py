@@ -34,7 +34,14 @@ class Settings(BaseSettings):
     # Template snapshots made at start, as "VCPUxMEMORY_MIB": seed 000's
     # smallest sandbox and the base template's own size.
     prewarm_snapshots: list[str] = Field(default_factory=lambda: ["1x512", "2x1024"])
+    # Warm pool of the base template: sandboxes kept restored and idle per
+    # size ("<vcpu>x<memory_mib>": count), claimed by creates of that size.
+    warm_pool: dict[str, int] = Field(default_factory=lambda: {"1x512": 1})
+    # Bound on the pool's memory (its members' memory_mib plus headroom).
+    warm_pool_max_mib: int = 4096
     timeout_check_interval_s: float = 1.0
+    # How often audit entries past their retention are deleted.
+    audit_purge_interval_s: float = 3600.0
     # Memory given to gVisor on the host beyond memory_mib: the sentry, the
     # gofer and the reaction time of the in-sandbox memory guard.
     memory_headroom_mib: int = 256

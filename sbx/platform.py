@@ -13,7 +13,9 @@ from pathlib import Path
 
 from sbx.config import Settings
 from sbx.core import accounts, templates
+from sbx.core.pool import WarmPool
 from sbx.core.sandboxes import SandboxService
+from sbx.egress import audit as egress_audit
 from sbx.egress.audit import AuditWriter
 from sbx.egress.control import EgressControl
 from sbx.node.agent import NodeAgent
@@ -31,8 +33,10 @@ class Platform:
         self.db = Database(settings.db_url)
         self.audit = AuditWriter(self.db)
         self.agent = NodeAgent(settings, audit=self.audit.submit)
+        self.audit.settings_for = self.agent.egress.audit_settings
         self.sandboxes = SandboxService(self.db, self.agent, settings)
         self.egress = EgressControl(self.db, self.agent, self.sandboxes)
+        self.pool = WarmPool(self.db, self.sandboxes, settings)
         self.ready = asyncio.Event()
         self.failure: str | None = None
         self.progress = progress or (lambda line: log.info("%s", line))
@@ -43,6 +47,7 @@ class Platform:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.db.migrate()
         await self.bootstrap()
+        await self.pool.ensure_org()
         self.audit.start()
         await self.agent.setup()
         # The nft table was rebuilt: running sandboxes get their policies back
@@ -60,6 +65,8 @@ class Platform:
             asyncio.create_task(self._loop(self.egress.resync,
                                            self.settings.reconcile_interval_s),
                                 name="egress-resync"),
+            asyncio.create_task(self._loop(self._purge_audit, self.settings.audit_purge_interval_s),
+                                name="audit-retention"),
         ]
 
     async def bootstrap(self) -> None:
@@ -91,6 +98,13 @@ class Platform:
             await self.agent.build_template_snapshot(
                 Path(base.rootfs), self.agent.visible_cpus(int(vcpu)), int(memory)
             )
+        # Then the warm pool, restored from those snapshots; it runs on.
+        await self.pool.run()
+
+    async def _purge_audit(self) -> None:
+        removed = await egress_audit.purge_expired(self.db)
+        if removed:
+            log.info("audit retention: %d entries past their retention removed", removed)
 
     async def _loop(self, duty: Callable[[], object], interval: float) -> None:
         while True:

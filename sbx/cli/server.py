@@ -141,6 +141,67 @@ def org_set(name: str, tier: str | None, data_dir: Path | None) -> None:
     click.echo(f"Updated organisation {name!r}.")
 
 
+@org.command("usage")
+@click.argument("name")
+@data_dir_option
+def org_usage(name: str, data_dir: Path | None) -> None:
+    """Guardrail checks of organisation NAME by UTC day, and their total."""
+    from sbx.core import accounts
+
+    async def go(s: Any) -> dict[str, int]:
+        return await accounts.guardrail_usage(s, name)
+
+    days = in_db(data_dir, go)
+    for day, checks in days.items():
+        click.echo(f"{day} guardrail_checks={checks}")
+    click.echo(f"total guardrail_checks={sum(days.values())}")
+
+
+@admin.command("pool")
+@data_dir_option
+def pool_report(data_dir: Path | None) -> None:
+    """The warm pool: members per size, the memory they reserve, and what
+    they use on the host now (memory and CPU time of their cgroups)."""
+    from sbx.core.lifecycle import SandboxState
+    from sbx.core.pool import POOL_ORG, sizes
+    from sbx.store import repo
+
+    settings = _settings(data_dir=data_dir)
+
+    async def go(s: Any) -> list[tuple[str, int, int]]:
+        org = await repo.org_by_name(s, POOL_ORG)
+        if org is None:
+            return []
+        rows = await repo.sandboxes(s, org.id, [SandboxState.POOLED])
+        return [(r.id, r.vcpu, r.memory_mib) for r in rows]
+
+    members = in_db(data_dir, go)
+    cg = Path("/sys/fs/cgroup")
+    parent = f"sbx-{settings.node_tag}"
+    total_mem = 0
+    total_cpu = 0.0
+    for size in sizes(settings):
+        mine = [m for m in members if (m[1], m[2]) == (size.vcpu, size.memory_mib)]
+        reserved = len(mine) * (size.memory_mib + settings.memory_headroom_mib)
+        click.echo(f"{size.vcpu}x{size.memory_mib}: target={size.count} ready={len(mine)} "
+                   f"reserved_mib={reserved}")
+        for sandbox_id, _, _ in mine:
+            mem = _read_int(cg / "memory" / parent / sandbox_id / "memory.usage_in_bytes")
+            cpu = _read_int(cg / "cpuacct" / parent / sandbox_id / "cpuacct.usage") / 1e9
+            total_mem += mem
+            total_cpu += cpu
+            click.echo(f"  {sandbox_id} host_memory_mib={mem / 2**20:.1f} cpu_s={cpu:.2f}")
+    click.echo(f"total host_memory_mib={total_mem / 2**20:.1f} cpu_s={total_cpu:.2f} "
+               f"bound_mib={settings.warm_pool_max_mib}")
+
+
+def _read_int(path: Path) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 @admin.group("key")
 def key() -> None:
     """API keys."""

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sbx.core import ids
 from sbx.core.errors import Conflict, NotFound, Unauthorized
 from sbx.store import repo
-from sbx.store.models import ApiKey, Org, Tier
+from sbx.store.models import ApiKey, GuardrailUsage, Org, Tier
 
 
 async def create_org(
@@ -122,3 +122,16 @@ async def topup(s: AsyncSession, org_name: str, which: str, amount: float) -> fl
     value = (getattr(org, attr) or 0.0) + amount
     setattr(org, attr, value)
     return value
+
+
+async def guardrail_usage(s: AsyncSession, org_name: str) -> dict[str, int]:
+    """Guardrail checks of an organisation by UTC day (what its guardrails
+    wallet is charged for)."""
+    org = await repo.org_by_name(s, org_name)
+    if org is None:
+        raise NotFound(f"no organisation named {org_name!r}")
+    rows = (await s.execute(
+        select(GuardrailUsage.day, GuardrailUsage.checks)
+        .where(GuardrailUsage.org_id == org.id).order_by(GuardrailUsage.day)
+    )).tuples().all()
+    return dict(rows)

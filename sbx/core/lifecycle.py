@@ -15,12 +15,15 @@ class SandboxState(StrEnum):
     DELETED = "deleted"
     # Seed 002: the sandbox was ended by its timeout.
     KILLED = "killed"
+    # Restored and idle in the warm pool, owned by no user yet.
+    POOLED = "pooled"
 
 
 S = SandboxState
 
 ALLOWED: dict[SandboxState, frozenset[SandboxState]] = {
-    S.STARTING: frozenset({S.RUNNING, S.DELETING, S.DELETED}),
+    S.STARTING: frozenset({S.RUNNING, S.POOLED, S.DELETING, S.DELETED}),
+    S.POOLED: frozenset({S.RUNNING, S.DELETING, S.DELETED}),
     S.RUNNING: frozenset({S.SNAPSHOTTING, S.DELETING}),
     S.SNAPSHOTTING: frozenset({S.PAUSED, S.RUNNING, S.DELETING}),
     S.PAUSED: frozenset({S.UNPAUSING, S.DELETING}),
@@ -30,9 +33,10 @@ ALLOWED: dict[SandboxState, frozenset[SandboxState]] = {
     S.KILLED: frozenset(),
 }
 
-# States in which a sandbox counts against its organisation's limit.
+# States in which a sandbox holds host resources (and counts against its
+# organisation's limit; pooled ones belong to the pool's own organisation).
 LIVE: frozenset[SandboxState] = frozenset(
-    {S.STARTING, S.RUNNING, S.SNAPSHOTTING, S.PAUSED, S.UNPAUSING, S.DELETING}
+    {S.STARTING, S.RUNNING, S.SNAPSHOTTING, S.PAUSED, S.UNPAUSING, S.DELETING, S.POOLED}
 )
 TERMINAL: frozenset[SandboxState] = frozenset({S.DELETED, S.KILLED})
 

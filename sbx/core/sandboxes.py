@@ -14,11 +14,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from sbx.config import Settings
 from sbx.core import ids, limits
 from sbx.core.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable
 from sbx.core.lifecycle import LIVE, SandboxState
 from sbx.core.policy import NetworkPolicy, default_policy
+from sbx.core.security import stored_security
 from sbx.node import snapshots
 from sbx.node.agent import NodeAgent, SandboxPlan, StartFailed
 from sbx.node.runtime.base import RuntimeState
@@ -66,6 +69,10 @@ class SandboxService:
         self.on_leaving: list[Callable[[str], None]] = []
         # Creates in flight: the reconciler must not take their resources.
         self._starting: set[str] = set()
+        # The warm pool's organisation (set by the platform; None: no pool).
+        self.pool_org: str | None = None
+        # Told when a pooled sandbox was taken (the pool refills).
+        self.on_claimed: list[Callable[[], None]] = []
         # Timeouts being acted on: one slow pause must not hold up the others.
         self._expiring: dict[str, asyncio.Task[None]] = {}
 
@@ -100,21 +107,12 @@ class SandboxService:
             limits.check_wallets(org, want)
             await limits.check_concurrency(s, org, tier)
             await limits.take_create_slot(s, org, tier)
-            slot = self.agent.pool.first_free(await repo.used_slots(s, LIVE))
-            created = repo.now()
-            row = Sandbox(
-                id=sandbox_id, org_id=org_id, template_id=tpl.id, state=S.STARTING,
-                vcpu=spec.vcpu or tpl.vcpu, memory_mib=spec.memory_mib or tpl.memory_mib,
-                disk_mib=tpl.disk_mib, auto_pause=spec.auto_pause, timeout_s=spec.timeout_s,
-                timeout_at=None, network_policy=spec.network_policy.model_dump(mode="json"),
-                env_vars=dict(spec.env_vars),
-                extra={"surface": spec.surface, "metadata": dict(spec.metadata),
-                       "on_timeout": spec.on_timeout, "security": spec.security},
-                envd_token=ids.token(), proxy_token=ids.token("spt_"), ip_slot=slot,
-                created_at=created,
-            )
-            s.add(row)
-            repo.add_event(s, sandbox_id, None, S.STARTING)
+            taken = await self._take_pooled(s, org_id, tpl, spec)
+            if taken is None:
+                row = await self._insert(s, org_id, sandbox_id, tpl, spec)
+        if taken is not None:
+            pool_token, pooled = taken
+            return await self._adopt(pooled, tpl, pool_token)
         plan = self._plan(row, tpl)
         try:
             _, from_snapshot = await asyncio.shield(self.agent.start(plan))
@@ -133,6 +131,76 @@ class SandboxService:
                 fresh.timeout_at = repo.now() + timedelta(seconds=fresh.timeout_s)
         return fresh
 
+    async def _insert(self, s: AsyncSession, org_id: str, sandbox_id: str, tpl: Template,
+                      spec: CreateSpec) -> Sandbox:
+        """A new row in state starting, with a free address slot."""
+        slot = self.agent.pool.first_free(await repo.used_slots(s, LIVE))
+        created = repo.now()
+        row = Sandbox(
+            id=sandbox_id, org_id=org_id, template_id=tpl.id, state=S.STARTING,
+            vcpu=spec.vcpu or tpl.vcpu, memory_mib=spec.memory_mib or tpl.memory_mib,
+            disk_mib=tpl.disk_mib, auto_pause=spec.auto_pause, timeout_s=spec.timeout_s,
+            timeout_at=None, network_policy=spec.network_policy.model_dump(mode="json"),
+            env_vars=dict(spec.env_vars),
+            extra={"surface": spec.surface, "metadata": dict(spec.metadata),
+                   "on_timeout": spec.on_timeout, "security": spec.security},
+            envd_token=ids.token(), proxy_token=ids.token("spt_"), ip_slot=slot,
+            created_at=created,
+        )
+        s.add(row)
+        repo.add_event(s, sandbox_id, None, S.STARTING)
+        return row
+
+    # -- the warm pool ------------------------------------------------------------
+    async def _take_pooled(self, s: AsyncSession, org_id: str, tpl: Template, spec: CreateSpec
+                           ) -> tuple[str, Sandbox] | None:
+        """In the create's transaction: a pooled sandbox of this template and
+        size becomes the caller's row (its own tokens, env, policy, running);
+        answers the pool's token, which envd still holds."""
+        if self.pool_org is None or org_id == self.pool_org:
+            return None
+        vcpu, memory = spec.vcpu or tpl.vcpu, spec.memory_mib or tpl.memory_mib
+        for row in await repo.pooled(s, self.pool_org, tpl.id, vcpu, memory, [S.POOLED]):
+            if row.id in self._starting:
+                continue
+            pool_token = row.envd_token
+            created = repo.now()
+            row.org_id = org_id
+            row.auto_pause = spec.auto_pause
+            row.timeout_s = spec.timeout_s
+            row.network_policy = spec.network_policy.model_dump(mode="json")
+            row.env_vars = dict(spec.env_vars)
+            row.extra = {"surface": spec.surface, "metadata": dict(spec.metadata),
+                         "on_timeout": spec.on_timeout, "security": spec.security}
+            row.envd_token = ids.token()
+            row.proxy_token = ids.token("spt_")
+            row.created_at = created
+            # Running at once (one transaction less): nobody knows the id
+            # before the 201, which comes only once envd has the identity;
+            # a failed adoption deletes the row.
+            row.state = S.RUNNING
+            if spec.timeout_s:
+                row.timeout_at = created + timedelta(seconds=spec.timeout_s)
+            repo.add_event(s, row.id, S.POOLED, S.RUNNING, "from warm pool")
+            self._starting.add(row.id)
+            return pool_token, row
+        return None
+
+    async def _adopt(self, row: Sandbox, tpl: Template, pool_token: str) -> Sandbox:
+        sandbox_id = row.id
+        try:
+            try:
+                await asyncio.shield(self.agent.adopt(self._plan(row, tpl), pool_token))
+            except Exception as exc:
+                await asyncio.shield(self.agent.stop(sandbox_id))
+                await self._forget(sandbox_id)
+                raise Unavailable(f"The sandbox failed to start: {exc}") from exc
+            return row
+        finally:
+            self._starting.discard(sandbox_id)
+            for listener in self.on_claimed:
+                listener()
+
     def _leaving(self, sandbox_id: str) -> None:
         for listener in self.on_leaving:
             listener(sandbox_id)
@@ -144,6 +212,7 @@ class SandboxService:
             memory_mib=row.memory_mib, disk_mib=row.disk_mib, env=row.env_vars,
             envd_token=row.envd_token,
             network_policy=NetworkPolicy.model_validate(row.network_policy, strict=False),
+            security=stored_security((row.extra or {}).get("security")),
             # E2B's sandboxes run commands as `user` (home /home/user) unless
             # told otherwise; code written for them expects it.
             init={"defaultUser": "user"} if surface == "e2b" else None,
@@ -340,9 +409,9 @@ class SandboxService:
                 await self._forget(r.id)
         dead = await self.agent.reconcile(keep) - in_flight
         for r in rows:
-            if r.id in dead and r.state in (S.RUNNING, S.DELETING):
+            if r.id in dead and r.state in (S.RUNNING, S.DELETING, S.POOLED):
                 log.warning("sandbox %s is gone from the host; marking it", r.id)
-                final = S.KILLED if r.extra.get("surface") != "v1" else S.DELETED
+                final = S.KILLED if r.extra.get("surface") not in ("v1", "pool") else S.DELETED
                 try:
                     await self.delete(None, r.id, final, "lost: runtime not running")
                 except Exception:

@@ -94,3 +94,10 @@ def parse_security(value: Any, field: str = "security") -> tuple[dict[str, Any],
              for e in field_errors(exc)]
         ) from None
     return value, policy
+
+
+def stored_security(value: Any) -> SecurityPolicy | None:
+    """The security policy kept with a sandbox (validated when it was sent)."""
+    if not isinstance(value, dict):
+        return None
+    return SecurityPolicy.model_validate_json(json.dumps(value))

@@ -8,19 +8,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from sbx.store.db import Database
-from sbx.store.models import EgressAudit
+from sbx.store.models import EgressAudit, GuardrailUsage, Sandbox
 
 log = logging.getLogger(__name__)
 
 MAX_PATH = 2048
+DEFAULT_RETENTION_DAYS = 30
 
 
 def _now() -> datetime:
@@ -42,9 +45,16 @@ class AuditEvent:
     bytes_up: int = 0
     bytes_down: int = 0
     at: datetime = field(default_factory=_now)
+    # Guardrail findings (kinds and counts) and the checks made: each
+    # request scanned for PII, each response scored, is one check.
+    findings: dict[str, Any] | None = None
+    guard_checks: int = 0
+    request_body: str | None = None
+    response_body: str | None = None
 
     def row(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["guard_checks"]
         if data["path"] is not None:
             data["path"] = data["path"][:MAX_PATH]
         if data["host"] is not None:
@@ -70,6 +80,10 @@ class AuditWriter:
     def __init__(self, db: Database, flush_s: float = 0.25, max_batch: int = 1000,
                  max_queue: int = 50_000) -> None:
         self.db = db
+        # (record?, retention days) of a sandbox's events, from its security
+        # policy; set by the platform once the node agent exists.
+        self.settings_for: Callable[[str], tuple[bool, int]] = (
+            lambda _id: (True, DEFAULT_RETENTION_DAYS))
         self.flush_s = flush_s
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -117,16 +131,73 @@ class AuditWriter:
             if self.dropped:
                 log.warning("egress audit queue was full: %d events dropped", self.dropped)
                 self.dropped = 0
+            rows = []
+            checks: Counter[str] = Counter()
+            for e in batch:
+                record, days = self.settings_for(e.sandbox_id)
+                if e.guard_checks:
+                    checks[e.sandbox_id] += e.guard_checks
+                if record:
+                    row = e.row()
+                    row["expires_at"] = e.at + timedelta(days=days)
+                    rows.append(row)
             try:
                 async with self.db.transaction() as s:
-                    await s.execute(insert(EgressAudit), [e.row() for e in batch])
+                    if rows:
+                        await s.execute(insert(EgressAudit), rows)
+                    if checks:
+                        await _count_checks(s, checks, batch[0].at)
             except Exception:
                 self._buf = batch + self._buf
                 raise
 
 
+async def _count_checks(s: AsyncSession, checks: Counter[str], at: datetime) -> None:
+    """Add guardrail checks to each sandbox's organisation, for the day."""
+    day = at.astimezone(UTC).date().isoformat()
+    owners = dict((await s.execute(
+        select(Sandbox.id, Sandbox.org_id).where(Sandbox.id.in_(list(checks)))
+    )).tuples().all())
+    per_org: Counter[str] = Counter()
+    for sandbox_id, n in checks.items():
+        org_id = owners.get(sandbox_id)
+        if org_id is not None:
+            per_org[org_id] += n
+    for org_id, n in per_org.items():
+        res = await s.execute(
+            update(GuardrailUsage)
+            .where(GuardrailUsage.org_id == org_id, GuardrailUsage.day == day)
+            .values(checks=GuardrailUsage.checks + n)
+        )
+        if res.rowcount == 0:  # type: ignore[attr-defined]
+            s.add(GuardrailUsage(org_id=org_id, day=day, checks=n))
+
+
+async def purge_expired(db: Database, now: datetime | None = None) -> int:
+    """Delete audit rows past their retention; answers how many."""
+    async with db.transaction() as s:
+        now = now or _now()
+        res = await s.execute(delete(EgressAudit).where(or_(
+            EgressAudit.expires_at < now,
+            # Rows from before retention was recorded: the default applies.
+            and_(EgressAudit.expires_at.is_(None),
+                 EgressAudit.at < now - timedelta(days=DEFAULT_RETENTION_DAYS)),
+        )))
+    return int(res.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def guardrail_checks(db: Database, org_id: str) -> dict[str, int]:
+    """Guardrail checks of an organisation by UTC day."""
+    async with db.session() as s:
+        rows = (await s.execute(
+            select(GuardrailUsage.day, GuardrailUsage.checks)
+            .where(GuardrailUsage.org_id == org_id).order_by(GuardrailUsage.day)
+        )).tuples().all()
+    return dict(rows)
+
+
 def entry_out(row: EgressAudit) -> dict[str, Any]:
-    return {
+    out = {
         "id": row.id,
         "time": row.at.isoformat().replace("+00:00", "Z"),
         "sandbox_id": row.sandbox_id,
@@ -141,7 +212,13 @@ def entry_out(row: EgressAudit) -> dict[str, Any]:
         "bytes_down": row.bytes_down,
         "decision": row.decision,
         "rule": row.rule,
+        "findings": row.findings or {},
     }
+    if row.request_body is not None:
+        out["request_body"] = row.request_body
+    if row.response_body is not None:
+        out["response_body"] = row.response_body
+    return out
 
 
 async def read(db: Database, sandbox_id: str, *, after_id: int | None = None,

@@ -21,6 +21,7 @@ from sbx.core.errors import Conflict
 from sbx.core.lifecycle import SandboxState
 from sbx.core.policy import NetworkPolicy
 from sbx.core.sandboxes import SandboxService
+from sbx.core.security import stored_security
 from sbx.node.agent import NodeAgent
 from sbx.store import repo
 from sbx.store.db import Database
@@ -92,7 +93,8 @@ class EgressControl:
             if not self.agent.sandbox_dir(sandbox_id).exists():
                 # Its host resources are gone: the reconciler marks it.
                 return
-            new_ca = await egress.attach(self.agent.egress_net(sandbox_id, row.ip_slot), policy)
+            new_ca = await egress.attach(self.agent.egress_net(sandbox_id, row.ip_slot), policy,
+                                         stored_security((row.extra or {}).get("security")))
             if new_ca and tpl is not None:
                 ip = self.agent.addressing(row.ip_slot).sandbox_ip
                 await self.agent.install_trust(sandbox_id, ip, row.envd_token, Path(tpl.rootfs))

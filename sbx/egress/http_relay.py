@@ -12,7 +12,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import h11
@@ -20,6 +20,16 @@ import h11
 from sbx.core.policy import PolicyMode, Transform
 from sbx.egress import transforms as tf
 from sbx.egress.audit import AuditEvent, AuditSink
+from sbx.egress.guard import (
+    MAX_INSPECT,
+    Guard,
+    audit_body,
+    decode_body,
+    inspect_request,
+    inspect_response,
+    is_text,
+    readable_accept_encoding,
+)
 from sbx.egress.policy_engine import CompiledPolicy, Decision, decide, normalise_host
 from sbx.egress.sni import strip_port, target_authority
 from sbx.egress.splice import abort
@@ -142,6 +152,7 @@ class HttpRelay:
             return False
         headers = tf.apply(req.headers.raw_items(), transforms)
         policy = self.t.policy()
+        guard = policy.guard
         if policy.mode != PolicyMode.ALLOW_ALL:
             # An h2c upgrade would turn the connection into streams whose
             # hosts this relay cannot check; the server answers in HTTP/1.1.
@@ -157,6 +168,9 @@ class HttpRelay:
             await self._refuse(502, "upstream unreachable", allowed=True)
             return False
         assert self.uconn is not None
+        if guard.inspects:
+            return await self._one_guarded(req, method, target, proto, host, decision, headers,
+                                           transforms, guard)
         await self._send_up(h11.Request(method=req.method, target=req.target, headers=headers,
                                         http_version=req.http_version))
         masker = tf.Masker(tf.secrets_of(transforms))
@@ -176,6 +190,193 @@ class HttpRelay:
             await self._switch()
             return False
         return True
+
+    # -- one request under the security policy's guardrails -------------------------------
+    async def _one_guarded(self, req: h11.Request, method: str, target: str, proto: str,
+                           host: str | None, decision: Decision, headers: tf.Headers,
+                           transforms: list[Transform], guard: Guard) -> bool:
+        """Like the plain path, but the request body is held (up to
+        MAX_INSPECT) and scanned for PII before anything goes upstream, and
+        a text response is held and scored for prompt injection before the
+        sandbox sees it."""
+        body, complete = await self._read_body(MAX_INSPECT)
+        findings: dict[str, Any] = {}
+        checks = 0
+        out_target = req.target
+        if guard.pii:
+            v = inspect_request(guard, req.target, body if complete else None,
+                                _first(headers, b"content-type"),
+                                _first(headers, b"content-encoding") not in (None, b"identity"))
+            checks += v.checks
+            findings.update(v.findings)
+            if v.note:
+                findings["note"] = v.note
+            if v.block:
+                kinds = ",".join(sorted(v.findings)) or "uninspectable"
+                rule = f"pii:{kinds}"[:120]
+                self._audit(proto, host, method, target, 403, 0, 0, "deny", rule,
+                            findings=findings, checks=checks,
+                            request_body=audit_body(body) if guard.include_bodies else None)
+                await self._refuse(403, rule, guardrail=True)
+                return False
+            out_target = v.target
+            if v.body is not None:
+                body = v.body
+                headers = _with_length(headers, len(body))
+        if guard.injection:
+            headers = [(n, readable_accept_encoding(v) if n.lower() == b"accept-encoding" else v)
+                       for n, v in headers]
+        await self._send_up(h11.Request(method=req.method, target=out_target, headers=headers,
+                                        http_version=req.http_version))
+        masker = tf.Masker(tf.secrets_of(transforms))
+
+        async def send_body() -> int:
+            if body:
+                await self._send_up(h11.Data(data=body))
+            if complete:
+                await self._send_up(h11.EndOfMessage())
+                return len(body)
+            return len(body) + await self._pump_request()
+
+        up = asyncio.ensure_future(send_body())
+        try:
+            held = await self._relay_response_guarded(masker, guard)
+        finally:
+            if not up.done():
+                up.cancel()
+            await asyncio.wait([up])
+        sent = up.result() if up.done() and not up.cancelled() and up.exception() is None else 0
+        checks += held.checks
+        findings.update(held.findings)
+        decision_text, rule = "allow", decision.rule
+        if held.blocked:
+            decision_text, rule = "deny", held.rule
+        self._audit(proto, host, method, target, held.status, sent, held.down, decision_text, rule,
+                    findings=findings, checks=checks,
+                    request_body=audit_body(body) if guard.include_bodies else None,
+                    response_body=held.body if guard.include_bodies else None)
+        if held.switched:
+            await self._switch()
+            return False
+        return not held.blocked
+
+    async def _read_body(self, limit: int) -> tuple[bytes, bool]:
+        """The request body, up to limit: (bytes, whether that is all)."""
+        parts: list[bytes] = []
+        size = 0
+        while size <= limit:
+            ev = await self._next(self.cconn, self.creader, IDLE_S)
+            if isinstance(ev, h11.Data):
+                parts.append(bytes(ev.data))
+                size += len(ev.data)
+            elif isinstance(ev, h11.EndOfMessage):
+                return b"".join(parts), True
+            else:
+                raise _Closed()
+        return b"".join(parts), False
+
+    async def _relay_response_guarded(self, masker: tf.Masker, guard: Guard) -> Held:
+        assert self.uconn is not None and self.ureader is not None
+        held = Held()
+        while True:
+            ev = await self._next(self.uconn, self.ureader, IDLE_S)
+            if isinstance(ev, h11.InformationalResponse):
+                if ev.status_code == 101:
+                    await self._send_client(h11.InformationalResponse(
+                        status_code=101, reason=ev.reason,
+                        headers=tf.mask_headers(ev.headers.raw_items(), masker)))
+                    held.status, held.switched = 101, True
+                    return held
+                if ev.status_code != 100:
+                    await self._send_client(h11.InformationalResponse(
+                        status_code=ev.status_code, reason=ev.reason,
+                        headers=tf.mask_headers(ev.headers.raw_items(), masker)))
+            elif isinstance(ev, h11.Response):
+                held.status = ev.status_code
+                resp_headers = tf.mask_headers(ev.headers.raw_items(), masker)
+                ctype = _first(resp_headers, b"content-type")
+                if not is_text(ctype) or (ctype or b"").lower().startswith(b"text/event-stream"):
+                    # Not text, or a stream that never ends: passed as it comes.
+                    await self._send_client(h11.Response(
+                        status_code=ev.status_code, reason=ev.reason, headers=resp_headers,
+                        http_version=ev.http_version))
+                    held.down = await self._stream_rest(masker)
+                    return held
+                return await self._hold_and_judge(ev, resp_headers, masker, guard, held)
+            else:
+                raise _Closed()
+
+    async def _hold_and_judge(self, resp: h11.Response, headers: tf.Headers, masker: tf.Masker,
+                              guard: Guard, held: Held) -> Held:
+        assert self.uconn is not None and self.ureader is not None
+        parts: list[bytes] = []
+        size = 0
+        complete = False
+        trailers: tf.Headers = []
+        while size <= MAX_INSPECT:
+            ev = await self._next(self.uconn, self.ureader, IDLE_S)
+            if isinstance(ev, h11.Data):
+                held.down += len(ev.data)
+                chunk = masker.feed(bytes(ev.data))
+                parts.append(chunk)
+                size += len(chunk)
+            elif isinstance(ev, h11.EndOfMessage):
+                parts.append(masker.flush())
+                complete = True
+                trailers = tf.mask_headers(ev.headers.raw_items(), masker)
+                break
+            else:
+                raise _Closed()
+        body = b"".join(parts)
+        encoding = _first(headers, b"content-encoding")
+        if guard.include_bodies:
+            held.body = audit_body(decode_body(body, encoding) or body)
+        if guard.injection:
+            v = inspect_response(guard, body, complete, _first(headers, b"content-type"),
+                                 encoding)
+            held.checks += v.checks
+            held.findings = v.findings
+            if v.note:
+                held.findings["note"] = v.note
+            if v.block:
+                held.blocked = True
+                held.rule = f"injection:{v.score:.2f}"
+                held.status = 403
+                await self._refuse(403, held.rule, guardrail=True)
+                return held
+            if v.checks and v.score >= guard.threshold and guard.injection_action == "flag":
+                headers = [*headers, (b"x-sbx-injection-score", f"{v.score:.3f}".encode()),
+                           (b"x-sbx-injection-signals", ",".join(v.signals).encode())]
+        await self._send_client(h11.Response(status_code=resp.status_code, reason=resp.reason,
+                                             headers=headers, http_version=resp.http_version))
+        if body:
+            await self._send_client(h11.Data(data=body))
+        if complete:
+            await self._send_client(h11.EndOfMessage(headers=trailers))
+        else:
+            held.down += await self._stream_rest(masker)
+        return held
+
+    async def _stream_rest(self, masker: tf.Masker) -> int:
+        """The rest of a response, as it comes; answers the bytes read."""
+        assert self.uconn is not None and self.ureader is not None
+        down = 0
+        while True:
+            ev = await self._next(self.uconn, self.ureader, IDLE_S)
+            if isinstance(ev, h11.Data):
+                down += len(ev.data)
+                chunk = masker.feed(bytes(ev.data))
+                if chunk:
+                    await self._send_client(h11.Data(data=chunk))
+            elif isinstance(ev, h11.EndOfMessage):
+                rest = masker.flush()
+                if rest:
+                    await self._send_client(h11.Data(data=rest))
+                await self._send_client(h11.EndOfMessage(
+                    headers=tf.mask_headers(ev.headers.raw_items(), masker)))
+                return down
+            else:
+                raise _Closed()
 
     async def _check(self, req: h11.Request, method: str,
                      target: str) -> tuple[Decision, str | None, list[Transform]]:
@@ -316,8 +517,11 @@ class HttpRelay:
             self.uwriter.write(data)
             await self.uwriter.drain()
 
-    async def _refuse(self, status: int, rule: str, allowed: bool = False) -> None:
-        reason = "upstream unreachable" if allowed else "refused by the sandbox's network policy"
+    async def _refuse(self, status: int, rule: str, allowed: bool = False,
+                      guardrail: bool = False) -> None:
+        reason = ("upstream unreachable" if allowed
+                  else "refused by the sandbox's security policy" if guardrail
+                  else "refused by the sandbox's network policy")
         body = f"sbx egress: {reason} ({rule})\n".encode()
         if self.cconn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
@@ -332,7 +536,9 @@ class HttpRelay:
             await self._send_client(h11.EndOfMessage())
 
     def _audit(self, proto: str, host: str | None, method: str, target: str, status: int,
-               up: int, down: int, decision: str, rule: str) -> None:
+               up: int, down: int, decision: str, rule: str,
+               findings: dict[str, Any] | None = None, checks: int = 0,
+               request_body: str | None = None, response_body: str | None = None) -> None:
         # A brokered value in a URL (echoed into a link, say) stays out of the log.
         secrets = tf.secrets_of(self.t.policy().transforms)
         if secrets:
@@ -341,7 +547,38 @@ class HttpRelay:
             sandbox_id=self.t.sandbox_id, protocol=proto, decision=decision, rule=rule,
             host=host or self.bound_host, ip=self.t.ip, port=self.t.port, method=method,
             path=target, status=status, bytes_up=up, bytes_down=down,
+            findings=findings or None, guard_checks=checks,
+            request_body=request_body, response_body=response_body,
         ))
+
+
+@dataclass
+class Held:
+    """What became of a response under the guardrails."""
+
+    status: int = 0
+    down: int = 0
+    switched: bool = False
+    blocked: bool = False
+    rule: str = ""
+    checks: int = 0
+    findings: dict[str, Any] = field(default_factory=dict)
+    body: str | None = None
+
+
+def _first(headers: tf.Headers, name: bytes) -> bytes | None:
+    for n, v in headers:
+        if n.lower() == name:
+            return v
+    return None
+
+
+def _with_length(headers: tf.Headers, length: int) -> tf.Headers:
+    """Headers for a body that was rewritten: its new length, no chunking."""
+    out = [(n, v) for n, v in headers
+           if n.lower() not in (b"content-length", b"transfer-encoding")]
+    out.append((b"content-length", str(length).encode()))
+    return out
 
 
 def _without_h2c_upgrade(headers: tf.Headers) -> tf.Headers:

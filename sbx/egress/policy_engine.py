@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sbx.core.policy import NetworkPolicy, PolicyMode, Transform
+from sbx.core.security import SecurityPolicy
+from sbx.egress.guard import NO_GUARD, Guard, compile_guard
 
 IPv4Net = ipaddress.IPv4Network
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -83,6 +85,14 @@ class CompiledPolicy:
     transforms: tuple[Transform, ...]
     ranges: Ranges
     source: NetworkPolicy = field(compare=False)
+    # The seed-002 security policy's guardrails and audit settings.
+    guard: Guard = NO_GUARD
+    security: SecurityPolicy | None = field(default=None, compare=False)
+
+    def intercepts(self, host: str | None) -> bool:
+        """Whether TLS to host is opened by the proxy (transforms to apply,
+        or content to inspect) rather than spliced through untouched."""
+        return self.guard.inspects or bool(self.transforms_for(host))
 
     def domain_rule(self, host: str | None) -> str | None:
         """The allow_domains entry that names host, or None."""
@@ -150,7 +160,8 @@ def is_ip_literal(host: str) -> bool:
     return True
 
 
-def compile_policy(policy: NetworkPolicy, ranges: Ranges) -> CompiledPolicy:
+def compile_policy(policy: NetworkPolicy, ranges: Ranges,
+                   security: SecurityPolicy | None = None) -> CompiledPolicy:
     exact: set[str] = set()
     suffixes: list[str] = []
     for d in policy.allow_domains:
@@ -164,9 +175,13 @@ def compile_policy(policy: NetworkPolicy, ranges: Ranges) -> CompiledPolicy:
     cidrs = tuple(
         (ipaddress.ip_network(c, strict=False), c) for c in policy.allow_cidrs
     )
+    # The security policy's transformation rules broker credentials like
+    # the network policy's transforms, after them.
+    rules = tuple(security.transformation_rules) if security is not None else ()
     return CompiledPolicy(
         mode=policy.mode, exact=frozenset(exact), suffixes=tuple(suffixes), cidrs=cidrs,
-        transforms=tuple(policy.transforms), ranges=ranges, source=policy,
+        transforms=tuple(policy.transforms) + rules, ranges=ranges, source=policy,
+        guard=compile_guard(security), security=security,
     )
 
 

@@ -183,7 +183,7 @@ class Proxy:
         if not d.allow:
             self._deny(sb, conn, proto, host or seen.host, ip, port, d.rule)
             return
-        if host is not None and seen.kind == sni.Kind.TLS and sb.policy.transforms_for(host):
+        if host is not None and seen.kind == sni.Kind.TLS and sb.policy.intercepts(host):
             await self._relay(sb, conn, ip, port, host)
             return
         await self._splice(sb, conn, ip, port, host, proto, d, seen.kind == sni.Kind.TLS)

@@ -38,7 +38,7 @@ class SandboxEgress:
         ended = 0
         for flow in list(self.flows):
             d = decide(self.policy, flow.host, flow.ip, flow.port)
-            now_intercepted = flow.passthrough_tls and bool(self.policy.transforms_for(flow.host))
+            now_intercepted = flow.passthrough_tls and self.policy.intercepts(flow.host)
             if not d.allow or now_intercepted:
                 self.flows.discard(flow)
                 flow.close()

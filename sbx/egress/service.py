@@ -27,8 +27,9 @@ from pathlib import Path
 
 from sbx.config import Settings
 from sbx.core.policy import NetworkPolicy
+from sbx.core.security import SecurityPolicy
 from sbx.egress import trust
-from sbx.egress.audit import AuditSink
+from sbx.egress.audit import DEFAULT_RETENTION_DAYS, AuditSink
 from sbx.egress.dns import Asker, Resolver, parse_upstream, upstream_from_resolv_conf
 from sbx.egress.nflog import NflogReader, candidate_groups
 from sbx.egress.policy_engine import NEVER, PRIVATE, Ranges, compile_policy
@@ -95,6 +96,10 @@ class EgressService:
         self.ranges = Ranges.for_node(settings.subnet)
         self.ports: firewall.EgressPorts | None = None
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # The rules last applied per sandbox: an attach that changes nothing
+        # in nft (a warm-pool claim keeping the default policy) skips the
+        # nft transaction, a process of its own (~30 ms).
+        self._applied: dict[str, firewall.SandboxRules] = {}
         self._ifindex: dict[int, str] = {}
 
     # -- the node's listeners ----------------------------------------------------------
@@ -123,7 +128,8 @@ class EgressService:
         await self.resolver.stop()
 
     # -- sandboxes -------------------------------------------------------------------------
-    async def attach(self, net: SandboxNet, policy: NetworkPolicy) -> bool:
+    async def attach(self, net: SandboxNet, policy: NetworkPolicy,
+                     security: SecurityPolicy | None = None) -> bool:
         """Enforce policy for the sandbox (idempotent). Answers whether its
         CA is new, i.e. not yet in the sandbox's trust store."""
         if self.ports is None:
@@ -132,8 +138,8 @@ class EgressService:
             ca, created = await asyncio.to_thread(
                 SandboxCA.load_or_create, net.state_dir, net.sandbox_id
             )
-            compiled = compile_policy(policy, self.ranges)
-            await firewall.apply_sandbox(self.table, self._rules(net, policy), self.ports)
+            compiled = compile_policy(policy, self.ranges, security)
+            await self._apply(net, policy)
             self.registry.put(SandboxEgress(net.sandbox_id, net.sandbox_ip, net.host_if,
                                             compiled, ca))
             self._ifindex.clear()
@@ -150,12 +156,23 @@ class EgressService:
             if sb is None:
                 return False
             net = SandboxNet(sandbox_id, sb.host_if, sb.ip, sb.ca.directory)
-            await firewall.apply_sandbox(self.table, self._rules(net, policy), self.ports)
-            sb.policy = compile_policy(policy, self.ranges)
+            await self._apply(net, policy)
+            # The security policy is the sandbox's own; only the network
+            # policy changes at runtime.
+            sb.policy = compile_policy(policy, self.ranges, sb.policy.security)
             ended = sb.recheck()
             if ended:
                 log.info("egress: policy change of %s ended %d connections", sandbox_id, ended)
             return True
+
+    async def _apply(self, net: SandboxNet, policy: NetworkPolicy) -> None:
+        assert self.ports is not None
+        rules = self._rules(net, policy)
+        if self._applied.get(net.sandbox_id) == rules:
+            return
+        self._applied.pop(net.sandbox_id, None)
+        await firewall.apply_sandbox(self.table, rules, self.ports)
+        self._applied[net.sandbox_id] = rules
 
     def policy_of(self, sandbox_id: str) -> NetworkPolicy | None:
         sb = self.registry.by_id(sandbox_id)
@@ -169,9 +186,17 @@ class EgressService:
                     flow.close()
                 sb.flows.clear()
             self.resolver.forget(sandbox_id)
+            self._applied.pop(sandbox_id, None)
             await firewall.remove_sandbox(self.table, _key(sandbox_id), host_if)
             self._ifindex.clear()
         self._locks.pop(sandbox_id, None)
+
+    def audit_settings(self, sandbox_id: str) -> tuple[bool, int]:
+        """(record, retention_days) for the sandbox's audit events."""
+        sb = self.registry.by_id(sandbox_id)
+        if sb is None:
+            return True, DEFAULT_RETENTION_DAYS
+        return sb.policy.guard.audit, sb.policy.guard.retention_days
 
     def attached(self) -> set[str]:
         return self.registry.ids()

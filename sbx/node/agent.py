@@ -22,6 +22,7 @@ from typing import Any
 
 from sbx.config import Settings
 from sbx.core.policy import NetworkPolicy, PolicyMode, default_policy
+from sbx.core.security import SecurityPolicy
 from sbx.egress import trust
 from sbx.egress.audit import AuditSink, discard
 from sbx.egress.service import EgressService, SandboxNet
@@ -55,6 +56,8 @@ class SandboxPlan:
     init: dict[str, Any] | None = None
     # Enforced on the host from before the sandbox boots.
     network_policy: NetworkPolicy = field(default_factory=default_policy)
+    # The seed-002 security policy (guardrails, audit), if the create had one.
+    security: SecurityPolicy | None = None
     # Start from the template's snapshot when one exists (else cold boot).
     from_snapshot: bool = True
 
@@ -168,6 +171,24 @@ class NodeAgent:
                 plan.rootfs, self.visible_cpus(plan.vcpu), plan.memory_mib))
         return addr, False
 
+    async def adopt(self, plan: SandboxPlan, pool_token: str) -> None:
+        """A warm-pool sandbox becomes plan's: its identity (token, env,
+        memory limit, default user) through envd's /init, still authorised
+        by the pool's token, and its network policy. The pool sandbox ran
+        deny-all and nothing of anybody's: it was restored for this."""
+        t0 = time.perf_counter()
+        addr = self.addressing(plan.slot)
+        await self.egress.attach(self.egress_net(plan.id, plan.slot), plan.network_policy,
+                                 plan.security)
+        t1 = time.perf_counter()
+        identity = {"accessToken": plan.envd_token, "envVars": plan.env,
+                    "memoryMib": plan.memory_mib, **(plan.init or {})}
+        await envd_probe.post_init(addr.sandbox_ip, self.settings.envd_port, pool_token,
+                                   identity)
+        log.info("sandbox %s adopted from the warm pool in %.0f ms (policy %.0f, init %.0f)",
+                 plan.id, (time.perf_counter() - t0) * 1000, (t1 - t0) * 1000,
+                 (time.perf_counter() - t1) * 1000)
+
     # -- template snapshots --------------------------------------------------------
     def visible_cpus(self, vcpu: int) -> int:
         return min(vcpu, self.host_cpus)
@@ -245,7 +266,8 @@ class NodeAgent:
                 disk.create(sdir / "disk.img", sdir / "upper", plan.disk_mib),
             )
             # The policy holds before the sandbox's first packet.
-            await self.egress.attach(self.egress_net(plan.id, plan.slot), plan.network_policy)
+            await self.egress.attach(self.egress_net(plan.id, plan.slot), plan.network_policy,
+                                     plan.security)
             env = {
                 "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 "HOME": "/root",

@@ -151,7 +151,8 @@ class EgressAudit(Base):
     header values never appear here."""
 
     __tablename__ = "egress_audit"
-    __table_args__ = (Index("ix_egress_audit_sandbox_id_id", "sandbox_id", "id"),)
+    __table_args__ = (Index("ix_egress_audit_sandbox_id_id", "sandbox_id", "id"),
+                      Index("ix_egress_audit_expires_at", "expires_at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     sandbox_id: Mapped[str] = mapped_column(String(12))
@@ -167,3 +168,22 @@ class EgressAudit(Base):
     bytes_down: Mapped[int] = mapped_column(BigInteger, default=0)
     decision: Mapped[str] = mapped_column(String(8))
     rule: Mapped[str] = mapped_column(String(120))
+    # Guardrail findings: kinds and counts, never the values found.
+    findings: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Only with the security policy's audit.include_bodies, after redaction.
+    request_body: Mapped[str | None] = mapped_column(Text, nullable=True)
+    response_body: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The sandbox's audit retention, fixed when the row is written.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class GuardrailUsage(Base):
+    """Guardrail checks (a request scanned for PII, a response scored for
+    injection) per organisation and UTC day: what its guardrails wallet is
+    charged for. Survives the audit rows' retention."""
+
+    __tablename__ = "guardrail_usage"
+
+    org_id: Mapped[str] = mapped_column(String(40), ForeignKey("orgs.id"), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    checks: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -114,3 +114,14 @@ def add_event(s: AsyncSession, sandbox_id: str, src: str | None, dst: str,
               detail: str | None = None) -> None:
     s.add(SandboxEvent(sandbox_id=sandbox_id, from_state=src, to_state=dst, at=now(),
                        detail=detail))
+
+
+async def pooled(s: AsyncSession, org_id: str, template_id: str, vcpu: int, memory_mib: int,
+                 states: Iterable[str]) -> Sequence[Sandbox]:
+    """The warm pool's sandboxes of one template and size, oldest first."""
+    q = select(Sandbox).where(
+        Sandbox.org_id == org_id, Sandbox.template_id == template_id,
+        Sandbox.vcpu == vcpu, Sandbox.memory_mib == memory_mib,
+        Sandbox.state.in_(list(states)),
+    ).order_by(Sandbox.created_at)
+    return (await s.execute(q)).scalars().all()

@@ -93,6 +93,8 @@ class Server:
             "SBX_SUBNET": self.subnet,
             "SBX_TEMPLATES_PATH": str(TEMPLATES),
             "SBX_TIMEOUT_CHECK_INTERVAL_S": "0.5",
+            # No warm pool unless a test asks: creates take the paths they test.
+            "SBX_WARM_POOL": "{}",
             **self.extra_env,
         }
 

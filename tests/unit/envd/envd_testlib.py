@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 
+from tests.unit import hermetic
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "test-token-7f3a"
 # Must never reach a spawned process (envd strips every SBX_ENVD_* variable).
@@ -39,6 +41,7 @@ class Envd:
     proc: subprocess.Popen[bytes]
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
+    home: Path | None = None
 
     @property
     def url(self) -> str:
@@ -60,10 +63,11 @@ def launch(token: str | None, extra_args: list[str] | None = None) -> Envd:
     env["ENVD_TEST_MARKER"] = "inherited"
     port = free_port()
     log_fd, log_name = tempfile.mkstemp(prefix="envd-test-", suffix=".log")
-    args = [sys.executable, "-m", "sbx.envd", "--port", str(port), *(extra_args or [])]
+    args, home = hermetic.wrap(
+        [sys.executable, "-m", "sbx.envd", "--port", str(port), *(extra_args or [])])
     proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=log_fd, stderr=log_fd)
     os.close(log_fd)
-    envd = Envd(port, token, proc, Path(log_name), extra_args or [])
+    envd = Envd(port, token, proc, Path(log_name), extra_args or [], home)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -87,6 +91,7 @@ def stop(envd: Envd) -> None:
         except subprocess.TimeoutExpired:
             envd.proc.kill()
             envd.proc.wait(5)
+    hermetic.remove(envd.home)
     envd.log_path.unlink(missing_ok=True)
 
 

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from sbx.sdk import AsyncSandbox, Sandbox
+from tests.unit import hermetic
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "sdk-test-token"
@@ -54,8 +55,10 @@ def envd() -> Iterator[LocalEnvd]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SBX_")}
     env["SBX_ENVD_ACCESS_TOKEN"] = TOKEN
     log_fd, log_name = tempfile.mkstemp(prefix="sdk-envd-", suffix=".log")
+    argv, home = hermetic.wrap(
+        [sys.executable, "-m", "sbx.envd", "--port", str(port), "--host", "127.0.0.1"])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sbx.envd", "--port", str(port), "--host", "127.0.0.1"],
+        argv,
         cwd=REPO_ROOT,
         env=env,
         stdout=log_fd,
@@ -79,6 +82,7 @@ def envd() -> Iterator[LocalEnvd]:
         yield server
     finally:
         _stop(proc)
+        hermetic.remove(home)
         server.log.unlink(missing_ok=True)
 
 

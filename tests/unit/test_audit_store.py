@@ -1,0 +1,67 @@
+"""The audit writer against a real SQLite store: retention fixed per row,
+audit off keeps nothing, guardrail checks counted per organisation and day
+(and kept when the rows they came with expire)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+
+from sbx.core import accounts
+from sbx.egress.audit import AuditEvent, AuditWriter, guardrail_checks, purge_expired
+from sbx.store import repo
+from sbx.store.db import Database
+from sbx.store.models import EgressAudit, Sandbox, Template
+
+
+async def _store(tmp_path: Path) -> tuple[Database, str]:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'sbx.db'}")
+    await db.migrate()
+    async with db.transaction() as s:
+        org = await accounts.create_org(s, "audit-test")
+        s.add(Template(id="tpl-base", name="base", org_id=None, vcpu=1, memory_mib=512,
+                       disk_mib=512, rootfs="/nonexistent", status="ready",
+                       created_at=repo.now()))
+        await s.flush()
+        for sid in ("sbx-aaaaaaaa", "sbx-bbbbbbbb"):
+            s.add(Sandbox(id=sid, org_id=org.id, template_id="tpl-base", state="running",
+                          vcpu=1, memory_mib=512, disk_mib=512, network_policy={},
+                          env_vars={}, extra={}, envd_token="t", proxy_token="p",
+                          created_at=repo.now()))
+    return db, org.id
+
+
+async def test_retention_audit_off_and_counted_checks(tmp_path: Path) -> None:
+    db, org_id = await _store(tmp_path)
+    try:
+        writer = AuditWriter(db)
+        settings = {"sbx-aaaaaaaa": (True, 1), "sbx-bbbbbbbb": (False, 30)}
+        writer.settings_for = lambda sid: settings[sid]
+        now = repo.now()
+        for sid in settings:
+            for i in range(3):
+                writer.submit(AuditEvent(sid, "https", "allow", "any", host="h.test",
+                                         findings={"email": 1} if i == 0 else None,
+                                         guard_checks=2, at=now))
+        await writer.flush()
+        async with db.session() as s:
+            rows = (await s.execute(select(EgressAudit))).scalars().all()
+        # Audit off: nothing of B is kept, but its checks still count.
+        assert {r.sandbox_id for r in rows} == {"sbx-aaaaaaaa"} and len(rows) == 3
+        assert all(r.expires_at == now + timedelta(days=1) for r in rows)
+        assert rows[0].findings == {"email": 1} and rows[1].findings is None
+        day = now.date().isoformat()
+        assert await guardrail_checks(db, org_id) == {day: 12}
+        # A second batch adds to the day's count.
+        writer.submit(AuditEvent("sbx-aaaaaaaa", "http", "allow", "any", guard_checks=1, at=now))
+        await writer.flush()
+        assert await guardrail_checks(db, org_id) == {day: 13}
+
+        # Retention: nothing is due yet; a day later A's rows go, the counts stay.
+        assert await purge_expired(db, now) == 0
+        assert await purge_expired(db, now + timedelta(days=1, seconds=1)) == 4
+        assert await guardrail_checks(db, org_id) == {day: 13}
+    finally:
+        await db.close()
