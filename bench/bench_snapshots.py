@@ -61,21 +61,24 @@ def pooled(server: Server) -> int:
                               ).fetchone()[0])
 
 
+def bench_org(server: Server) -> tuple[str, httpx.Client]:
+    """An organisation with room for the benchmark, its key, and one API
+    client, as an SDK keeps (a new one per call would add its own set-up,
+    ~50 ms of TLS context, to every figure)."""
+    org = f"bench-{uuid.uuid4().hex[:6]}"
+    key = server.new_org(org)
+    server.admin("tier", "set", "bench", "--max-sandboxes", "20", "--creates-per-minute", "1000")
+    server.admin("org", "set", org, "--tier", "bench")
+    return key, httpx.Client(base_url=server.url, headers={"X-API-Key": key}, timeout=60)
+
+
 def pool_hits(work: Path, rootfs: Path, n: int) -> dict[str, Any]:
     server = Server(work / "pool-data", subnet=free_subnet(),
                     extra_env={"SBX_WARM_POOL": '{"1x512": 1}',
                                "SBX_PREWARM_SNAPSHOTS": '["1x512"]'})
     try:
         server.start()
-        org = f"bench-{uuid.uuid4().hex[:6]}"
-        key = server.new_org(org)
-        server.admin("tier", "set", "bench", "--max-sandboxes", "20", "--creates-per-minute",
-                     "1000")
-        server.admin("org", "set", org, "--tier", "bench")
-        h = {"X-API-Key": key}
-        # One client, as an SDK keeps: a new one per call would add its own
-        # set-up (~50 ms of TLS context) to every figure.
-        api = httpx.Client(base_url=server.url, headers=h, timeout=60)
+        _, api = bench_org(server)
         hits, bare_restores = [], []
         for i in range(n):
             deadline = time.monotonic() + 180
@@ -109,15 +112,7 @@ def main() -> None:
     out: dict[str, Any] = {}
     try:
         server.start()
-        org = f"bench-{uuid.uuid4().hex[:6]}"
-        key = server.new_org(org)
-        server.admin("tier", "set", "bench", "--max-sandboxes", "20", "--creates-per-minute",
-                     "1000")
-        server.admin("org", "set", org, "--tier", "bench")
-        h = {"X-API-Key": key}
-        # One client, as an SDK keeps: a new one per call would add its own
-        # set-up (~50 ms of TLS context) to every figure.
-        api = httpx.Client(base_url=server.url, headers=h, timeout=60)
+        key, api = bench_org(server)
         # Wait for the prewarmed template snapshot of 1 vCPU / 512 MiB.
         snaps = TEMPLATES / "base" / "snapshots"
         deadline = time.monotonic() + 120

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.integration.server import Server, free_subnet, leaks, mounts_of
+from tests.integration.server import own_server as own
 
 
 @pytest.fixture(scope="session")
@@ -53,13 +54,5 @@ def api(sbx_server: Server, org_key: str) -> Iterator[httpx.Client]:
 def own_server() -> Iterator[Server]:
     """A server of the test's own, for tests that stop, kill or restart it;
     its reconciler runs every second."""
-    server = Server(Path(f"/var/tmp/sbx-test-{uuid.uuid4().hex[:8]}"), subnet=free_subnet(22),
-                    extra_env={"SBX_RECONCILE_INTERVAL_S": "1"})
-    try:
-        server.start()
+    with own(None) as server:
         yield server
-    finally:
-        tag, data_dir = server.node_tag, server.data_dir
-        server.teardown()
-        assert leaks(tag) == {}
-        assert mounts_of(data_dir) == []

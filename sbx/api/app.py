@@ -47,5 +47,6 @@ def create_app(settings: Settings, progress: Callable[[str], None] | None = None
     app.include_router(v1_sandbox.router)
     app.include_router(sandboxes.router)
     app.include_router(egress.router)
+    app.include_router(egress.router_002)
     gateway = Gateway(app, platform.sandboxes)
     return gateway

@@ -276,35 +276,22 @@ class HttpRelay:
         return b"".join(parts), False
 
     async def _relay_response_guarded(self, masker: tf.Masker, guard: Guard) -> Held:
-        assert self.uconn is not None and self.ureader is not None
         held = Held()
-        while True:
-            ev = await self._next(self.uconn, self.ureader, IDLE_S)
-            if isinstance(ev, h11.InformationalResponse):
-                if ev.status_code == 101:
-                    await self._send_client(h11.InformationalResponse(
-                        status_code=101, reason=ev.reason,
-                        headers=tf.mask_headers(ev.headers.raw_items(), masker)))
-                    held.status, held.switched = 101, True
-                    return held
-                if ev.status_code != 100:
-                    await self._send_client(h11.InformationalResponse(
-                        status_code=ev.status_code, reason=ev.reason,
-                        headers=tf.mask_headers(ev.headers.raw_items(), masker)))
-            elif isinstance(ev, h11.Response):
-                held.status = ev.status_code
-                resp_headers = tf.mask_headers(ev.headers.raw_items(), masker)
-                ctype = _first(resp_headers, b"content-type")
-                if not is_text(ctype) or (ctype or b"").lower().startswith(b"text/event-stream"):
-                    # Not text, or a stream that never ends: passed as it comes.
-                    await self._send_client(h11.Response(
-                        status_code=ev.status_code, reason=ev.reason, headers=resp_headers,
-                        http_version=ev.http_version))
-                    held.down = await self._stream_rest(masker)
-                    return held
-                return await self._hold_and_judge(ev, resp_headers, masker, guard, held)
-            else:
-                raise _Closed()
+        head = await self._response_head(masker)
+        if head is None:
+            held.status, held.switched = 101, True
+            return held
+        held.status = head.status_code
+        resp_headers = tf.mask_headers(head.headers.raw_items(), masker)
+        ctype = _first(resp_headers, b"content-type")
+        if not is_text(ctype) or (ctype or b"").lower().startswith(b"text/event-stream"):
+            # Not text, or a stream that never ends: passed as it comes.
+            await self._send_client(h11.Response(
+                status_code=head.status_code, reason=head.reason, headers=resp_headers,
+                http_version=head.http_version))
+            held.down = await self._stream_rest(masker)
+            return held
+        return await self._hold_and_judge(head, resp_headers, masker, guard, held)
 
     async def _hold_and_judge(self, resp: h11.Response, headers: tf.Headers, masker: tf.Masker,
                               guard: Guard, held: Held) -> Held:
@@ -443,41 +430,31 @@ class HttpRelay:
                 raise _Closed()
 
     async def _relay_response(self, masker: tf.Masker) -> tuple[int, int, bool]:
+        head = await self._response_head(masker)
+        if head is None:
+            return 101, 0, True
+        await self._send_client(h11.Response(
+            status_code=head.status_code, reason=head.reason,
+            headers=tf.mask_headers(head.headers.raw_items(), masker),
+            http_version=head.http_version))
+        return head.status_code, await self._stream_rest(masker), False
+
+    async def _response_head(self, masker: tf.Masker) -> h11.Response | None:
+        """The upstream's final response head, not yet sent; interim ones
+        (but 100) are passed on. None after passing on a 101."""
         assert self.uconn is not None and self.ureader is not None
-        status = 0
-        down = 0
         while True:
             ev = await self._next(self.uconn, self.ureader, IDLE_S)
-            if isinstance(ev, h11.InformationalResponse):
-                if ev.status_code == 101:
-                    await self._send_client(h11.InformationalResponse(
-                        status_code=101, reason=ev.reason,
-                        headers=tf.mask_headers(ev.headers.raw_items(), masker)))
-                    return 101, down, True
-                if ev.status_code != 100:
-                    await self._send_client(h11.InformationalResponse(
-                        status_code=ev.status_code, reason=ev.reason,
-                        headers=tf.mask_headers(ev.headers.raw_items(), masker)))
-            elif isinstance(ev, h11.Response):
-                status = ev.status_code
-                await self._send_client(h11.Response(
-                    status_code=ev.status_code, reason=ev.reason,
-                    headers=tf.mask_headers(ev.headers.raw_items(), masker),
-                    http_version=ev.http_version))
-            elif isinstance(ev, h11.Data):
-                down += len(ev.data)
-                chunk = masker.feed(bytes(ev.data))
-                if chunk:
-                    await self._send_client(h11.Data(data=chunk))
-            elif isinstance(ev, h11.EndOfMessage):
-                rest = masker.flush()
-                if rest:
-                    await self._send_client(h11.Data(data=rest))
-                await self._send_client(h11.EndOfMessage(
-                    headers=tf.mask_headers(ev.headers.raw_items(), masker)))
-                return status, down, False
-            else:
+            if isinstance(ev, h11.Response):
+                return ev
+            if not isinstance(ev, h11.InformationalResponse):
                 raise _Closed()
+            if ev.status_code != 100:
+                await self._send_client(h11.InformationalResponse(
+                    status_code=ev.status_code, reason=ev.reason,
+                    headers=tf.mask_headers(ev.headers.raw_items(), masker)))
+            if ev.status_code == 101:
+                return None
 
     async def _switch(self) -> None:
         """After a 101 (WebSocket): raw bytes both ways, leftovers first."""

@@ -347,19 +347,28 @@ class NodeAgent:
     async def pause(self, sandbox_id: str, slot: int, envd_token: str) -> snapshots.Snapshot:
         """Checkpoint the sandbox into a sealed snapshot, then free every
         host resource it held (runtime, netns, disk)."""
+        marks = [("", time.perf_counter())]
         await envd_probe.prepare_snapshot(
             self.addressing(slot).sandbox_ip, self.settings.envd_port, envd_token
         )
+        marks.append(("prepare", time.perf_counter()))
         final = self.snapshot_path(sandbox_id)
         tmp = await asyncio.to_thread(snapshots.staging, final)
         try:
             await self.runtime.checkpoint(sandbox_id, tmp, self.settings.snapshot_compress)
+            marks.append(("checkpoint", time.perf_counter()))
             snap = await asyncio.to_thread(snapshots.seal, tmp, final, {"id": sandbox_id})
+            marks.append(("seal", time.perf_counter()))
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, tmp, True)
             await self.runtime.resume(sandbox_id)
             raise
         await self.stop(sandbox_id)
+        marks.append(("stop", time.perf_counter()))
+        log.info("sandbox %s paused in %.0f ms (%s)", sandbox_id,
+                 (marks[-1][1] - marks[0][1]) * 1000,
+                 ", ".join(f"{name} {(t - marks[i][1]) * 1000:.0f}"
+                           for i, (name, t) in enumerate(marks[1:])))
         return snap
 
     async def resume(self, plan: SandboxPlan) -> Addressing:
@@ -369,7 +378,10 @@ class NodeAgent:
             raise StartFailed(f"sandbox {plan.id} has no complete snapshot")
         addr = await self._bring_up(plan, final, trust_store=False)
         # The image is spent: the running sandbox has moved on from it.
+        t0 = time.perf_counter()
         await asyncio.to_thread(snapshots.remove, final)
+        log.info("sandbox %s: spent image removed in %.0f ms", plan.id,
+                 (time.perf_counter() - t0) * 1000)
         return addr
 
     async def forget(self, sandbox_id: str) -> None:

@@ -9,9 +9,12 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,3 +196,28 @@ def mounts_of(data_dir: Path) -> list[str]:
     prefix = str(data_dir) + "/"
     with open("/proc/self/mounts") as f:
         return [p for p in (line.split()[1] for line in f) if p.startswith(prefix)]
+
+
+@contextlib.contextmanager
+def own_server(extra_env: dict[str, str] | None = None) -> Iterator[Server]:
+    """A server of a test's own (reconciler every second), removed with
+    everything it made, checked for leaks."""
+    server = Server(Path(f"/var/tmp/sbx-test-{uuid.uuid4().hex[:8]}"), subnet=free_subnet(22),
+                    extra_env={"SBX_RECONCILE_INTERVAL_S": "1", **(extra_env or {})})
+    try:
+        server.start()
+        yield server
+    finally:
+        tag, data_dir = server.node_tag, server.data_dir
+        server.teardown()
+        assert leaks(tag) == {}
+        assert mounts_of(data_dir) == []
+
+
+def how_started(server: Server, sandbox_id: str) -> str:
+    """How the sandbox last became running (its event's detail)."""
+    with sqlite3.connect(server.data_dir / "sbx.db") as db:
+        row = db.execute(
+            "SELECT detail FROM sandbox_events WHERE sandbox_id = ? AND to_state = 'running' "
+            "ORDER BY id DESC LIMIT 1", (sandbox_id,)).fetchone()
+    return str(row[0]) if row else "?"

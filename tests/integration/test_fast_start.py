@@ -4,7 +4,6 @@ template's snapshot, with its own identity, address and writable layer."""
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import threading
 import time
 
@@ -12,18 +11,10 @@ import httpx
 import pytest
 
 from sbx import Sandbox
-from tests.integration.server import TEMPLATES, Server
+from tests.integration.server import TEMPLATES, Server, how_started
 
 pytestmark = pytest.mark.integration
 TOUCH = "python3 -c \"b = bytearray({mib} << 20); b[::4096] = b'x' * len(b[::4096]); print('ok')\""
-
-
-def how_started(server: Server, sandbox_id: str) -> str:
-    with sqlite3.connect(server.data_dir / "sbx.db") as db:
-        row = db.execute(
-            "SELECT detail FROM sandbox_events WHERE sandbox_id = ? AND to_state = 'running' "
-            "ORDER BY id LIMIT 1", (sandbox_id,)).fetchone()
-    return str(row[0]) if row else "?"
 
 
 def snapshots_of(server: Server) -> list[str]:

@@ -6,46 +6,27 @@ from __future__ import annotations
 import signal
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from sbx import Sandbox
-from tests.integration.server import Server, free_subnet, leaks, mounts_of
+from tests.integration.server import Server, how_started, own_server
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def pool_server() -> Iterator[Server]:
-    server = Server(Path(f"/var/tmp/sbx-test-{uuid.uuid4().hex[:8]}"), subnet=free_subnet(22),
-                    extra_env={"SBX_WARM_POOL": '{"1x512": 1}',
-                               "SBX_PREWARM_SNAPSHOTS": '["1x512"]',
-                               "SBX_RECONCILE_INTERVAL_S": "2"})
-    try:
-        server.start()
+    with own_server({"SBX_WARM_POOL": '{"1x512": 1}', "SBX_PREWARM_SNAPSHOTS": '["1x512"]',
+                     "SBX_RECONCILE_INTERVAL_S": "2"}) as server:
         yield server
-    finally:
-        tag, data_dir = server.node_tag, server.data_dir
-        server.teardown()
-        assert leaks(tag) == {}
-        assert mounts_of(data_dir) == []
 
 
 def pooled(server: Server) -> list[str]:
     with sqlite3.connect(server.data_dir / "sbx.db") as db:
         return [r[0] for r in db.execute("SELECT id FROM sandboxes WHERE state = 'pooled'")]
-
-
-def how_started(server: Server, sandbox_id: str) -> str:
-    with sqlite3.connect(server.data_dir / "sbx.db") as db:
-        row = db.execute(
-            "SELECT detail FROM sandbox_events WHERE sandbox_id = ? AND to_state = 'running' "
-            "ORDER BY id DESC LIMIT 1", (sandbox_id,)).fetchone()
-    return str(row[0]) if row else "?"
 
 
 def wait_pooled(server: Server, timeout: float = 180) -> list[str]:

@@ -18,6 +18,7 @@ from sbx.core.validation import parse
 from sbx.egress import audit
 
 router = APIRouter(prefix="/v1/sandbox", tags=["egress (v1)"])
+router_002 = APIRouter(tags=["sandboxes (seed 002, E2B)"])
 
 PROXY_TOKEN_HEADER = "x-security-proxy-token"
 MAX_LIMIT = 1000
@@ -54,6 +55,19 @@ async def read_audit(sandbox_id: str, request: Request, since: str | None = None
     """The sandbox's egress attempts, oldest first. Authorised by the
     organisation's API key, or by the sandbox's security-proxy token in
     `X-Security-Proxy-Token`. Page on with `since=<next_since>`."""
+    return await audit_page(request, sandbox_id, since, limit)
+
+
+@router_002.get("/sandboxes/{sandbox_id}/audit")
+async def read_audit_002(sandbox_id: str, request: Request, since: str | None = None,
+                         limit: int = 100) -> dict[str, Any]:
+    """The same log on the seed-002 surface (errors as `{code, message}`),
+    where the security-proxy token is handed out."""
+    return await audit_page(request, sandbox_id, since, limit)
+
+
+async def audit_page(request: Request, sandbox_id: str, since: str | None, limit: int
+                     ) -> dict[str, Any]:
     p = platform(request)
     token = request.headers.get(PROXY_TOKEN_HEADER)
     if token is not None and api_key(request) is None:

@@ -152,3 +152,18 @@ def test_guardrail_checks_are_counted_for_the_organisation(
     assert last.startswith("total guardrail_checks=")
     # Later batches may have landed since: never fewer.
     assert int(last.split("=")[1]) >= total
+
+
+def test_seed_002_audit_route(egress_env: EgressEnv, redacting: Sandbox) -> None:
+    curl(redacting, "https://echo.test/page?kind=benign")
+    with sqlite3.connect(egress_env.server.data_dir / "sbx.db") as db:
+        token = db.execute("SELECT proxy_token FROM sandboxes WHERE id = ?",
+                           (redacting.sandbox_id,)).fetchone()[0]
+    url = f"{egress_env.server.url}/sandboxes/{redacting.sandbox_id}/audit"
+    by_key = httpx.get(url, headers=egress_env.headers, params={"limit": 1000}).json()
+    by_token = httpx.get(url, headers={"X-Security-Proxy-Token": token},
+                         params={"limit": 1000}).json()
+    assert by_key["entries"] and by_key["entries"][:5] == by_token["entries"][:5]
+    assert any("kind=benign" in (e["path"] or "") for e in by_key["entries"])
+    r = httpx.get(url, headers={"X-Security-Proxy-Token": "spt_wrong"})
+    assert r.status_code == 404 and set(r.json()) == {"code", "message"}
