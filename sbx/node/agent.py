@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import itertools
 import logging
 import os
 import secrets
@@ -394,11 +395,19 @@ class NodeAgent:
         """Remove every host resource of the sandbox except its snapshot;
         safe to repeat."""
         sdir = self.sandbox_dir(sandbox_id)
+        t = [time.perf_counter()]
         await self.egress.detach(sandbox_id, self.host_if(sandbox_id))
+        t.append(time.perf_counter())
         await self.runtime.destroy(sandbox_id)
+        t.append(time.perf_counter())
         await netns.destroy(self.netns_name(sandbox_id), self.host_if(sandbox_id))
+        t.append(time.perf_counter())
         await disk.destroy(sdir / "disk.img", sdir / "upper")
+        t.append(time.perf_counter())
         await asyncio.to_thread(shutil.rmtree, sdir, True)
+        t.append(time.perf_counter())
+        log.debug("sandbox %s stopped: egress %.0f, runtime %.0f, netns %.0f, disk %.0f, "
+                  "files %.0f ms", sandbox_id, *((b - a) * 1000 for a, b in itertools.pairwise(t)))
         if not self.snapshot_path(sandbox_id).exists():
             await asyncio.to_thread(shutil.rmtree, self.egress_dir(sandbox_id), True)
 
