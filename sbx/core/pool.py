@@ -16,14 +16,13 @@ from dataclasses import dataclass
 
 from sbx.config import Settings
 from sbx.core import accounts, ids
-from sbx.core.lifecycle import LIVE, SandboxState
-from sbx.core.policy import default_policy
-from sbx.core.sandboxes import SandboxService
+from sbx.core.lifecycle import SandboxState
+from sbx.core.sandboxes import CreateSpec, SandboxService
 from sbx.core.templates import BASE, template_id
 from sbx.node.agent import StartFailed
 from sbx.store import repo
 from sbx.store.db import Database
-from sbx.store.models import Sandbox, Template
+from sbx.store.models import Template
 
 log = logging.getLogger(__name__)
 S = SandboxState
@@ -121,27 +120,16 @@ class WarmPool:
         assert svc.pool_org is not None
         sandbox_id = ids.sandbox_id()
         svc._starting.add(sandbox_id)
+        # The default policy: a claim keeping it (most do) then needs no
+        # firewall change. Nothing in a member sends.
+        spec = CreateSpec(template=BASE, vcpu=size.vcpu, memory_mib=size.memory_mib,
+                          timeout_s=None, surface="pool")
         try:
             async with svc._slot_lock, self.db.transaction() as s:
-                slot = svc.agent.pool.first_free(await repo.used_slots(s, LIVE))
-                row = Sandbox(
-                    id=sandbox_id, org_id=svc.pool_org, template_id=tpl.id, state=S.STARTING,
-                    vcpu=size.vcpu, memory_mib=size.memory_mib, disk_mib=tpl.disk_mib,
-                    auto_pause=False, timeout_s=None, timeout_at=None,
-                    # The default policy: a claim keeping it (most do) then
-                    # needs no firewall change. Nothing in a member sends.
-                    network_policy=default_policy().model_dump(mode="json"),
-                    env_vars={}, extra={"surface": "pool"}, envd_token=ids.token(),
-                    proxy_token=ids.token("spt_"), ip_slot=slot, created_at=repo.now(),
-                )
-                s.add(row)
-                repo.add_event(s, sandbox_id, None, S.STARTING, "warm pool")
+                row = await svc._insert(s, svc.pool_org, sandbox_id, tpl, spec, "warm pool")
             try:
-                _, from_snapshot = await asyncio.shield(svc.agent.start(svc._plan(row, tpl)))
-            except (StartFailed, asyncio.CancelledError) as exc:
-                await svc._forget(sandbox_id)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
+                from_snapshot = await svc._boot(row, tpl)
+            except StartFailed as exc:
                 log.warning("warm pool: a member failed to start: %s", exc)
                 return False
             async with self.db.transaction() as s:

@@ -113,14 +113,9 @@ class SandboxService:
         if taken is not None:
             pool_token, pooled = taken
             return await self._adopt(pooled, tpl, pool_token)
-        plan = self._plan(row, tpl)
         try:
-            _, from_snapshot = await asyncio.shield(self.agent.start(plan))
-        except (StartFailed, asyncio.CancelledError) as exc:
-            # A failed create changes nothing: the row goes with the resources.
-            await self._forget(sandbox_id)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            from_snapshot = await self._boot(row, tpl)
+        except StartFailed as exc:
             raise Unavailable(f"The sandbox failed to start: {exc}") from exc
         async with self.db.transaction() as s:
             await repo.set_state(s, sandbox_id, S.STARTING, S.RUNNING,
@@ -132,24 +127,30 @@ class SandboxService:
         return fresh
 
     async def _insert(self, s: AsyncSession, org_id: str, sandbox_id: str, tpl: Template,
-                      spec: CreateSpec) -> Sandbox:
-        """A new row in state starting, with a free address slot."""
+                      spec: CreateSpec, detail: str | None = None) -> Sandbox:
+        """A new row in state starting, with a free address slot (the caller
+        holds the slot lock)."""
         slot = self.agent.pool.first_free(await repo.used_slots(s, LIVE))
-        created = repo.now()
         row = Sandbox(
             id=sandbox_id, org_id=org_id, template_id=tpl.id, state=S.STARTING,
             vcpu=spec.vcpu or tpl.vcpu, memory_mib=spec.memory_mib or tpl.memory_mib,
-            disk_mib=tpl.disk_mib, auto_pause=spec.auto_pause, timeout_s=spec.timeout_s,
-            timeout_at=None, network_policy=spec.network_policy.model_dump(mode="json"),
-            env_vars=dict(spec.env_vars),
-            extra={"surface": spec.surface, "metadata": dict(spec.metadata),
-                   "on_timeout": spec.on_timeout, "security": spec.security},
-            envd_token=ids.token(), proxy_token=ids.token("spt_"), ip_slot=slot,
-            created_at=created,
+            disk_mib=tpl.disk_mib, timeout_at=None, ip_slot=slot, created_at=repo.now(),
+            **_owned(spec),
         )
         s.add(row)
-        repo.add_event(s, sandbox_id, None, S.STARTING)
+        repo.add_event(s, sandbox_id, None, S.STARTING, detail)
         return row
+
+    async def _boot(self, row: Sandbox, tpl: Template) -> bool:
+        """Start the row's sandbox; answers whether it came from a template
+        snapshot. A failure (StartFailed, or the caller going away) leaves
+        nothing: the row goes with the resources."""
+        try:
+            _, from_snapshot = await asyncio.shield(self.agent.start(self._plan(row, tpl)))
+        except (StartFailed, asyncio.CancelledError):
+            await self._forget(row.id)
+            raise
+        return from_snapshot
 
     # -- the warm pool ------------------------------------------------------------
     async def _take_pooled(self, s: AsyncSession, org_id: str, tpl: Template, spec: CreateSpec
@@ -166,14 +167,8 @@ class SandboxService:
             pool_token = row.envd_token
             created = repo.now()
             row.org_id = org_id
-            row.auto_pause = spec.auto_pause
-            row.timeout_s = spec.timeout_s
-            row.network_policy = spec.network_policy.model_dump(mode="json")
-            row.env_vars = dict(spec.env_vars)
-            row.extra = {"surface": spec.surface, "metadata": dict(spec.metadata),
-                         "on_timeout": spec.on_timeout, "security": spec.security}
-            row.envd_token = ids.token()
-            row.proxy_token = ids.token("spt_")
+            for name, value in _owned(spec).items():
+                setattr(row, name, value)
             row.created_at = created
             # Running at once (one transaction less): nobody knows the id
             # before the 201, which comes only once envd has the identity;
@@ -448,3 +443,16 @@ class SandboxService:
                 fresh = await repo.sandbox(s, row.id)
                 if fresh is not None and fresh.timeout_s:
                     fresh.timeout_at = repo.now() + timedelta(seconds=fresh.timeout_s)
+
+
+def _owned(spec: CreateSpec) -> dict[str, Any]:
+    """The fields of a sandbox row that are its owner's: a new row gets
+    them, and so does a pooled row when it is claimed."""
+    return {
+        "auto_pause": spec.auto_pause, "timeout_s": spec.timeout_s,
+        "network_policy": spec.network_policy.model_dump(mode="json"),
+        "env_vars": dict(spec.env_vars),
+        "extra": {"surface": spec.surface, "metadata": dict(spec.metadata),
+                  "on_timeout": spec.on_timeout, "security": spec.security},
+        "envd_token": ids.token(), "proxy_token": ids.token("spt_"),
+    }

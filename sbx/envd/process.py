@@ -221,10 +221,10 @@ class Process:
         for fd in self._outputs:
             self._loop.add_reader(fd, self._on_readable, fd)
 
-    def adopt(self, spare: Spare, data: bytes, reaper: Reaper) -> bool:
+    def adopt(self, spare: Spare, data: bytes) -> bool:
         """Become the spare shell, which then runs ``data``; False when the
-        spare is gone (the caller starts the process cold)."""
-        del reaper  # the spare's pid is tracked already and reports to us
+        spare is gone (the caller starts the process cold). Its pid is
+        tracked already: its exit reaches us through the spare."""
         if not spare.start(data, self._on_exit):
             return False
         self._popen = spare.popen

@@ -164,7 +164,7 @@ class ProcessService:
             return False
         key = (user.name, login)
         spare = self.shells.take(key, user)
-        started = spare is not None and proc.adopt(spare, data, self._reaper)
+        started = spare is not None and proc.adopt(spare, data)
         if spare is not None and not started:
             spare.discard()
         home = user.home if os.path.isdir(user.home) else "/"

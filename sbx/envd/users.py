@@ -45,15 +45,17 @@ _cache: dict[str, User] = {}
 _cache_sig: tuple[object, ...] = ()
 
 
+def stat_signature(path: str) -> tuple[int, int, int] | None:
+    """What changes when a file is written or replaced (None: not there)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 def _db_signature() -> tuple[object, ...]:
-    sig: list[object] = []
-    for path in _DB_FILES:
-        try:
-            st = os.stat(path)
-            sig.append((st.st_mtime_ns, st.st_size, st.st_ino))
-        except OSError:
-            sig.append(None)
-    return tuple(sig)
+    return tuple(stat_signature(path) for path in _DB_FILES)
 
 
 def lookup(name: str) -> User:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .users import User, drop_to
+from .users import User, drop_to, stat_signature
 
 log = logging.getLogger(__name__)
 
@@ -100,21 +100,13 @@ def script(command: str, cwd: str, env: Mapping[str, str]) -> bytes | None:
     return data if len(data) <= MAX_SCRIPT else None
 
 
-def _signature(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
-
-
 def login_state(user: User) -> tuple[object, ...]:
     """What a starting login shell depends on; a spare started under another
     state would not be the shell a fresh start gives."""
     paths = [*SYSTEM_FILES, *(os.path.join(user.home, p) for p in USER_FILES)]
     with contextlib.suppress(OSError):
         paths += sorted(os.path.join("/etc/profile.d", n) for n in os.listdir("/etc/profile.d"))
-    return (os.uname().nodename, user, *(_signature(p) for p in paths))
+    return (os.uname().nodename, user, *(stat_signature(p) for p in paths))
 
 
 def may_enter(path: str, user: User) -> bool:
