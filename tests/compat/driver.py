@@ -272,6 +272,11 @@ def main() -> None:
         error_checks()
     for r in RESULTS:
         print(json.dumps(r))
+    sys.stdout.flush()
+    # Every check is done and reported: skip interpreter finalization, where
+    # the SDK's own background threads once crashed the process (CI, e2b
+    # 2.50.0 async: "PyGILState_Release ... finalizing", exit -6).
+    os._exit(0)
 
 
 if __name__ == "__main__":
