@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sbx.config import Settings
 from sbx.core import accounts, templates
+from sbx.core.errors import Unavailable
 from sbx.core.pool import WarmPool
 from sbx.core.sandboxes import SandboxService
 from sbx.egress import audit as egress_audit
@@ -68,6 +69,15 @@ class Platform:
             asyncio.create_task(self._loop(self._purge_audit, self.settings.audit_purge_interval_s),
                                 name="audit-retention"),
         ]
+
+    def check_ready(self) -> None:
+        """Creates need the runtime: 503 until the base template is there
+        (a first start builds it), and for good if that failed."""
+        if self.failure:
+            raise Unavailable(f"The runtime is unavailable: {self.failure}")
+        if not self.ready.is_set():
+            raise Unavailable("The runtime is not ready yet: sbx is preparing the base template",
+                              retry_after=10)
 
     async def bootstrap(self) -> None:
         """First start: a default organisation and a key, written to
@@ -126,5 +136,6 @@ class Platform:
                 await task
         await self.sandboxes.stop_expiring()
         await self.agent.egress.stop()
+        await self.agent.reaper.stop()
         await self.audit.stop()
         await self.db.close()

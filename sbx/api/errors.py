@@ -25,8 +25,11 @@ def render(
         if not exc.should_retry:
             headers["Should-Retry"] = "false"
     if isinstance(exc, Unavailable):
-        # A failed start is not worth three more sandboxes' worth of retries.
-        headers["Should-Retry"] = "false"
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(exc.retry_after)
+        else:
+            # A failed start is not worth three more sandboxes' worth of retries.
+            headers["Should-Retry"] = "false"
     if request.url.path.startswith("/v1/"):
         body: dict[str, object] = {"message": message}
         if isinstance(exc, InvalidRequest):

@@ -74,6 +74,12 @@ class RateLimited(SbxError):
 class Unavailable(SbxError):
     status = 503
 
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        # Set when the runtime is expected back (the server is still
+        # preparing it); None: retrying will not help.
+        self.retry_after = retry_after
+
 
 class NotSupported(SbxError):
     status = 501

@@ -30,6 +30,7 @@ from sbx.egress.service import EgressService, SandboxNet
 from sbx.node import disk, envd_probe, snapshots
 from sbx.node.network import firewall, netns
 from sbx.node.network.ipam import Addressing, AddressPool
+from sbx.node.orphans import OrphanReaper
 from sbx.node.rootfs import ENVD_SRC
 from sbx.node.runtime.base import Launch, RuntimeState
 from sbx.node.runtime.gvisor import GVisorRuntime
@@ -91,6 +92,7 @@ class NodeAgent:
         self._build_locks: defaultdict[Path, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Task[object]] = set()
         self.egress = EgressService(settings, self.table, audit or discard)
+        self.reaper = OrphanReaper()
 
     # -- naming -----------------------------------------------------------
     def netns_name(self, sandbox_id: str) -> str:
@@ -126,6 +128,7 @@ class NodeAgent:
             )
         self.settings.sandboxes_dir.mkdir(parents=True, exist_ok=True)
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        await self.reaper.start()
         await asyncio.to_thread(self.runtime.prepare_cgroups)
         ports = await self.egress.start()
         await firewall.install(self.table, self.if_prefix, self.settings.subnet, ports,
@@ -266,6 +269,7 @@ class NodeAgent:
                 netns.create(self.netns_name(plan.id), self.host_if(plan.id), addr),
                 disk.create(sdir / "disk.img", sdir / "upper", plan.disk_mib),
             )
+            marks.append(("net+disk", time.perf_counter()))
             # The policy holds before the sandbox's first packet.
             await self.egress.attach(self.egress_net(plan.id, plan.slot), plan.network_policy,
                                      plan.security)
@@ -298,11 +302,15 @@ class NodeAgent:
                 # holds it to its vcpu.
                 cpuset=self.cpuset(plan.vcpu, plan.slot) if image is None else None,
             )
-            marks.append(("net+disk", time.perf_counter()))
-            if image is None:
-                await self.runtime.start(launch)
-            else:
-                await self.runtime.restore(launch, image)
+            marks.append(("egress", time.perf_counter()))
+            try:
+                if image is None:
+                    await self.runtime.start(launch)
+                else:
+                    await self.runtime.restore(launch, image)
+            finally:
+                # Its sandbox and gofer processes are ours to reap now.
+                self.reaper.adopt()
             marks.append(("runsc", time.perf_counter()))
             async def alive() -> bool:
                 state = await self.runtime.state(plan.id)

@@ -101,7 +101,9 @@ class Server:
             **self.extra_env,
         }
 
-    def start(self, wait_s: float = 900) -> None:
+    def start(self, wait_s: float = 900, healthy: bool = True) -> None:
+        """Start, and wait until /health says ok (or, without healthy, until
+        the API answers at all)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         TEMPLATES.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir / "server.log"
@@ -116,7 +118,8 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sbx server exited {self.proc.returncode}:\n{self.tail()}")
             try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                code = httpx.get(self.url + "/health", timeout=2).status_code
+                if code == 200 or not healthy:
                     return
             except httpx.HTTPError:
                 pass

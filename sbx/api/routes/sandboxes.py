@@ -157,6 +157,7 @@ async def _create(request: Request, caller: Caller, e2b_only: bool) -> JSONRespo
     except json.JSONDecodeError:
         peek = None
     spec = _spec_e2b(raw) if (e2b_only or _is_e2b(peek)) else _spec_002(raw)
+    platform(request).check_ready()
     service = platform(request).sandboxes
     try:
         row = await service.create(caller.id, spec)

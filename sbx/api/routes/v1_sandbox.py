@@ -56,6 +56,7 @@ async def create(request: Request, caller: Caller) -> JSONResponse:
         env_vars=req.env_vars,
         surface="v1",
     )
+    platform(request).check_ready()
     row = await platform(request).sandboxes.create(caller.id, spec)
     return JSONResponse(out(row), status_code=201)
 
