@@ -345,6 +345,7 @@ class SandboxService:
                     fresh.timeout_s = timeout_s or None
                 if fresh.timeout_s:
                     fresh.timeout_at = repo.now() + timedelta(seconds=fresh.timeout_s)
+            self.agent.discard_spent(sandbox_id)
             return fresh, True
 
     # -- background duties -------------------------------------------------------
@@ -431,7 +432,6 @@ class SandboxService:
         else:  # UNPAUSING
             if state == RuntimeState.RUNNING and row.ip_slot is not None and \
                     await self.agent.is_alive(row.id, row.ip_slot):
-                await asyncio.to_thread(snapshots.remove, self.agent.snapshot_path(row.id))
                 dst, why = S.RUNNING, "recovered: resume had completed"
             else:
                 await self.agent.stop(row.id)
@@ -443,6 +443,8 @@ class SandboxService:
                 fresh = await repo.sandbox(s, row.id)
                 if fresh is not None and fresh.timeout_s:
                     fresh.timeout_at = repo.now() + timedelta(seconds=fresh.timeout_s)
+        if dst == S.RUNNING:
+            self.agent.discard_spent(row.id)
 
 
 def _owned(spec: CreateSpec) -> dict[str, Any]:

@@ -21,6 +21,8 @@ import contextlib
 import ctypes
 import logging
 import os
+import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,18 @@ def _stat(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[3])
 
 
+def _bundle(pid: int) -> str | None:
+    """The --bundle of a runsc sandbox or gofer process (which sandbox it is)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for arg in args:
+        if arg.startswith(b"--bundle="):
+            return arg[len(b"--bundle="):].decode(errors="replace")
+    return None
+
+
 def reap_orphans() -> list[int]:
     """Reap every exited child that leads its own session; answers their pids."""
     reaped = []
@@ -68,6 +82,13 @@ def reap_orphans() -> list[int]:
     return reaped
 
 
+@dataclass
+class _Watch:
+    fd: int
+    owner: str | None  # the runsc bundle the process serves
+    gone: asyncio.Future[None]
+
+
 class OrphanReaper:
     """Watches each adopted process through a pidfd and reaps it the moment
     it exits. (SIGCHLD is not ours to handle: uvloop, which uvicorn runs,
@@ -77,7 +98,7 @@ class OrphanReaper:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
-        self._watched: dict[int, int] = {}  # pid -> pidfd
+        self._watched: dict[int, _Watch] = {}
 
     async def start(self) -> None:
         if not become_subreaper():
@@ -101,18 +122,34 @@ class OrphanReaper:
                 fd = os.pidfd_open(pid)
             except OSError:
                 continue
-            self._watched[pid] = fd
+            self._watched[pid] = _Watch(fd, _bundle(pid), self._loop.create_future())
             self._loop.add_reader(fd, self._exited, pid)
 
+    async def kill(self, bundle: Path, timeout: float = 2.0) -> bool:
+        """SIGKILL the adopted processes of the runsc bundle and wait until
+        they are reaped; answers False when there were none (or they
+        outlived the timeout), and the caller then goes the slow way."""
+        mine = [(pid, w) for pid, w in self._watched.items() if w.owner == str(bundle)]
+        if not mine:
+            return False
+        for _, w in mine:
+            # Through the pidfd: the signal cannot reach a recycled pid.
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(w.fd, signal.SIGKILL)
+        done, _ = await asyncio.wait([w.gone for _, w in mine], timeout=timeout)
+        return len(done) == len(mine)
+
     def _exited(self, pid: int) -> None:
-        fd = self._watched.pop(pid, None)
-        if fd is None:
+        w = self._watched.pop(pid, None)
+        if w is None:
             return
         assert self._loop is not None
-        self._loop.remove_reader(fd)
-        os.close(fd)
+        self._loop.remove_reader(w.fd)
+        os.close(w.fd)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
+        if not w.gone.done():
+            w.gone.set_result(None)
 
     def _sweep(self) -> None:
         reaped = reap_orphans()
@@ -134,8 +171,8 @@ class OrphanReaper:
                 await self._task
             self._task = None
         if self._loop is not None:
-            for pid, fd in list(self._watched.items()):
-                self._loop.remove_reader(fd)
-                os.close(fd)
-                del self._watched[pid]
+            for w in self._watched.values():
+                self._loop.remove_reader(w.fd)
+                os.close(w.fd)
+            self._watched.clear()
         reap_orphans()

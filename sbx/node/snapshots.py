@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,11 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -53,15 +59,18 @@ def staging(final: Path) -> Path:
 def seal(tmp: Path, final: Path, meta: dict[str, object] | None = None) -> Snapshot:
     """Checksum tmp's files into a manifest, make it durable, and move it
     to final (replacing an older snapshot there). Blocking: run in a thread."""
-    files = {}
-    total = 0
-    for p in sorted(tmp.iterdir()):
-        if p.is_file():
-            with open(p, "rb+") as f:
-                os.fsync(f.fileno())
-            size = p.stat().st_size
-            files[p.name] = {"size": size, "sha256": _digest(p)}
-            total += size
+    paths = sorted(p for p in tmp.iterdir() if p.is_file())
+    # Writing back (the disk) and hashing (a CPU) overlap: hashlib and
+    # fsync both let go of the GIL.
+    with ThreadPoolExecutor(max_workers=2 * len(paths) or 1) as pool:
+        synced = [pool.submit(_fsync, p) for p in paths]
+        digests = [pool.submit(_digest, p) for p in paths]
+        for job in synced:
+            job.result()
+        sizes = {p.name: p.stat().st_size for p in paths}
+        files = {p.name: {"size": sizes[p.name], "sha256": d.result()}
+                 for p, d in zip(paths, digests, strict=True)}
+    total = sum(sizes.values())
     manifest = {"files": files, "created": time.time(), "meta": meta or {}}
     with open(tmp / MANIFEST, "w") as f:
         json.dump(manifest, f)
@@ -107,6 +116,24 @@ def remove(path: Path) -> None:
     if parent.exists():
         for p in parent.iterdir():
             if p.name.startswith(path.name + ".tmp-") or p.name == path.name + ".old":
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def set_aside(path: Path) -> Path | None:
+    """Rename a snapshot out of the way (one rename; removing its files is
+    left to the caller); None when there is none."""
+    spent = path.with_name(f"{path.name}.spent-{time.monotonic_ns()}")
+    try:
+        path.rename(spent)
+    except FileNotFoundError:
+        return None
+    return spent
+
+
+def remove_set_aside(root: Path) -> None:
+    if root.exists():
+        for p in root.iterdir():
+            if ".spent-" in p.name:
                 shutil.rmtree(p, ignore_errors=True)
 
 

@@ -233,10 +233,12 @@ async def apply_sandbox(table: str, rules: SandboxRules, ports: EgressPorts) -> 
 
 async def remove_sandbox(table: str, key: str, host_if: str) -> None:
     """No error when the sandbox (or the whole table) is already gone."""
-    exists = await run("nft", "list", "table", "inet", table, check=False)
-    if exists.code != 0:
-        return
-    await run("nft", "-f", "-", input=remove_script(table, key, host_if))
+    res = await run("nft", "-f", "-", input=remove_script(table, key, host_if), check=False)
+    if res.code != 0:
+        # Listing the table only now: the usual case costs one nft run.
+        exists = await run("nft", "list", "table", "inet", table, check=False)
+        if exists.code == 0:
+            raise CommandError(("nft", "-f", "-"), res.code, res.stderr)
 
 
 _CHAIN_RE = re.compile(r"^\s*chain ([gfn])_([a-z0-9]+) \{", re.M)

@@ -30,6 +30,9 @@ async def create(netns: str, host_if: str, addr: Addressing) -> None:
             f"link set dev {host_if} addrgenmode none",
             f"addr add {addr.host_ip}/{addr.prefixlen} dev {host_if}",
             f"link set {host_if} up",
+            # Static: the first packet to a restored sandbox (envd's
+            # readiness probe) does not wait for an ARP round trip.
+            f"neigh replace {addr.sandbox_ip} lladdr {SANDBOX_MAC} dev {host_if} nud permanent",
         ]
     )
     ns_batch = "\n".join(

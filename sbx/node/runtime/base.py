@@ -55,7 +55,7 @@ class Runtime(Protocol):
         network namespace, disk and cgroup limits."""
         ...
 
-    async def destroy(self, sandbox_id: str) -> None:
+    async def destroy(self, sandbox_id: str, bundle: Path | None = None) -> None:
         """Stop the sandbox and remove every trace of it the driver made;
         no error if it is already gone."""
         ...

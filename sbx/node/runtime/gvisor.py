@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sbx.node.orphans import OrphanReaper
 from sbx.node.proc import CommandError, run
 from sbx.node.runtime.base import Launch, RuntimeState
 
@@ -36,7 +37,9 @@ class GVisorRuntime:
         platform: str = "systrap",
         cgroup_parent: str = "sbx",
         memory_headroom_mib: int = 256,
+        reaper: OrphanReaper | None = None,
     ) -> None:
+        self.reaper = reaper
         self.root_dir = root_dir
         self.runsc = runsc
         self.platform = platform
@@ -151,8 +154,12 @@ class GVisorRuntime:
         items = json.loads(res.stdout or "null") or []
         return {c["id"]: _state(c.get("status", "")) for c in items}
 
-    async def destroy(self, sandbox_id: str) -> None:
-        await run(*self._flags(), "kill", "--all", sandbox_id, "KILL", check=False)
+    async def destroy(self, sandbox_id: str, bundle: Path | None = None) -> None:
+        # Killed and reaped here first (when this server adopted them), the
+        # sandbox and gofer are gone before `runsc delete` looks: it then
+        # skips its 100 ms polls for them to exit.
+        if bundle is not None and self.reaper is not None:
+            await self.reaper.kill(bundle)
         try:
             await run(*self._flags(), "delete", "--force", sandbox_id)
         except CommandError as exc:
