@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from bench.baseline import BareRunsc
+from bench.baseline import BareRunsc, restore_template_image
 from bench.stats import ms, summary
 from sbx import Sandbox
 from tests.integration.server import TEMPLATES, Server, free_subnet
@@ -121,10 +121,13 @@ def main() -> None:
             assert time.monotonic() < deadline, "no template snapshot"
             time.sleep(0.5)
 
-        creates, bare_restores = [], []
+        image = next(p for p in snaps.iterdir()
+                     if p.name.startswith("c1-m512-") and "." not in p.name)
+        creates, bare_restores, same_restores = [], [], []
         for i in range(args.creates):
             _, rs, _ = bare_cycle(rootfs, work, i % 100, 0, "none")
             bare_restores.append(rs)
+            same_restores.append(restore_template_image(image, rootfs, work, 200 + i % 50))
             t0 = time.perf_counter()
             r = api.post("/v1/sandbox/",
                            json={"template_name": "base", "vcpu": 1, "memory_mib": 512})
@@ -132,7 +135,8 @@ def main() -> None:
             assert r.status_code == 201, r.text
             api.delete(f"/v1/sandbox/{r.json()['id']}")
         out["create_from_snapshot"] = {"sbx": summary(creates),
-                                       "bare_restore": summary(bare_restores)}
+                                       "bare_restore": summary(bare_restores),
+                                       "bare_restore_same_image": summary(same_restores)}
 
         pauses, resumes, sizes = [], [], []
         bare: dict[str, tuple[list[float], list[float], list[int]]] = {
@@ -173,6 +177,10 @@ def main() -> None:
           f" | bare restore p50 {ms(c['bare_restore']['p50'])} p95 "
           f"{ms(c['bare_restore']['p95'])} | ratio p50 "
           f"{c['sbx']['p50'] / c['bare_restore']['p50']:.2f}")
+    same = c["bare_restore_same_image"]
+    print(f"  same image, bare runsc       bare restore of sbx's template snapshot until envd "
+          f"answers p50 {ms(same['p50'])} p95 {ms(same['p95'])} | ratio p50 "
+          f"{c['sbx']['p50'] / same['p50']:.2f}")
     c = out["create_pool_hit"]
     print(f"create, warm-pool hit          sbx p50 {ms(c['sbx']['p50'])} p95 {ms(c['sbx']['p95'])}"
           f" | bare restore p50 {ms(c['bare_restore']['p50'])} | ratio p50 "

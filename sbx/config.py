@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     envd_port: int = 49983
     envd_ready_timeout_s: float = 30.0
     default_disk_mib: int = 2048
+    # Disks of default_disk_mib made ahead (sparse, a loop device each):
+    # a create takes one instead of a mkfs and a mount.
+    spare_disks: int = 1
     reconcile_interval_s: float = 30.0
     # Compress snapshot images (flate, best speed): smaller on disk, slower
     # to pause and resume. See docs/benchmarks.md for the trade-off.

@@ -204,6 +204,15 @@ class EgressService:
     async def firewall_ids(self) -> set[str]:
         return {"sbx-" + k for k in await firewall.sandbox_keys(self.table)}
 
+    def trust_init(self, sandbox_id: str) -> dict[str, str]:
+        """envd's /init `trust`: the CA, which envd adds to the sandbox's own
+        system bundle (no 200 KB bundle sent on every create)."""
+        sb = self.registry.by_id(sandbox_id)
+        if sb is None:
+            raise RuntimeError(f"{sandbox_id} has no egress state")
+        return {"pem": sb.ca.cert_pem.decode(), "bundle": trust.SYSTEM_BUNDLE,
+                "caFile": trust.CA_FILE}
+
     def trust_files(self, sandbox_id: str, rootfs: Path) -> dict[str, bytes]:
         sb = self.registry.by_id(sandbox_id)
         if sb is None:

@@ -128,6 +128,14 @@ class App:
             not isinstance(env_vars, dict) or not all(isinstance(v, str) for v in env_vars.values())
         ):
             return "envVars must be an object of strings"
+        trust = body.get("trust")
+        if trust is not None and not (
+            isinstance(trust, dict) and set(trust) == {"pem", "bundle", "caFile"}
+            and all(isinstance(v, str) for v in trust.values())
+            and os.path.isabs(trust["bundle"]) and os.path.isabs(trust["caFile"])
+            and "-----BEGIN CERTIFICATE-----" in trust["pem"]
+        ):
+            return "trust must be {pem: a PEM certificate, bundle and caFile: absolute paths}"
         if token == "":
             return "accessToken must not be empty"
         if default_user:
@@ -135,6 +143,10 @@ class App:
                 users.lookup(default_user)
             except users.UnknownUser:
                 return f"unknown user '{default_user}'"
+        if trust is not None:
+            error = _trust(trust["pem"], trust["bundle"], trust["caFile"])
+            if error:
+                return error
         if token is not None:
             self.state.access_token = token
         if env_vars:
@@ -184,3 +196,47 @@ class App:
                     out["cpu_used_pct"] = round(100.0 * (1 - d_idle / d_total), 2)
             self._cpu_sample = (idle, total_time)
         return out
+
+
+TRUST_BEGIN = "# sbx egress CA begin\n"
+TRUST_END = "# sbx egress CA end\n"
+
+
+def _trust(pem: str, bundle: str, ca_file: str) -> str | None:
+    """The egress CA into the system bundle (replacing one put there
+    before, between markers) and on its own into ca_file."""
+    try:
+        with open(bundle, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = ""
+    except OSError as e:
+        return f"reading {bundle} failed: {e.strerror}"
+    start = text.find(TRUST_BEGIN)
+    if start >= 0:
+        end = text.find(TRUST_END, start)
+        text = text[:start] + (text[end + len(TRUST_END):] if end >= 0 else "")
+    if text and not text.endswith("\n"):
+        text += "\n"
+    pem = pem if pem.endswith("\n") else pem + "\n"
+    block = TRUST_BEGIN + pem + TRUST_END
+    return (_write_root_file(bundle, (text + block).encode("utf-8", "surrogateescape"))
+            or _write_root_file(ca_file, pem.encode()))
+
+
+def _write_root_file(path: str, content: bytes) -> str | None:
+    """Replace path (root's, mode 0644) in one rename: a reader never sees
+    half of it. Answers an error message or None."""
+    tmp = f"{path}.sbx-{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with open(fd, "wb") as f:
+            f.write(content)
+            os.fchmod(f.fileno(), 0o644)
+        os.rename(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return f"writing {path} failed: {e.strerror}"
+    return None

@@ -33,6 +33,7 @@ from sbx.node.orphans import OrphanReaper
 from sbx.node.rootfs import ENVD_SRC
 from sbx.node.runtime.base import Launch, RuntimeState
 from sbx.node.runtime.gvisor import GVisorRuntime
+from sbx.node.spares import SpareDisks
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ class NodeAgent:
         self._build_locks: defaultdict[Path, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Task[object]] = set()
         self.egress = EgressService(settings, self.table, audit or discard)
+        self.spares = SpareDisks(settings.data_dir / "spares", settings.default_disk_mib,
+                                 settings.spare_disks)
 
     # -- naming -----------------------------------------------------------
     def netns_name(self, sandbox_id: str) -> str:
@@ -130,6 +133,7 @@ class NodeAgent:
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
         await self.reaper.start()
         await self.remove_spent()
+        await self.spares.start()
         await asyncio.to_thread(self.runtime.prepare_cgroups)
         ports = await self.egress.start()
         await firewall.install(self.table, self.if_prefix, self.settings.subnet, ports,
@@ -265,15 +269,16 @@ class NodeAgent:
         sdir = self.sandbox_dir(plan.id)
         marks = [("begin", time.perf_counter())]
         try:
-            sdir.mkdir(parents=True, exist_ok=True)
-            await asyncio.gather(
-                netns.create(self.netns_name(plan.id), self.host_if(plan.id), addr),
-                disk.create(sdir / "disk.img", sdir / "upper", plan.disk_mib),
-            )
+            sdir.parent.mkdir(parents=True, exist_ok=True)
+            if self.spares.take(plan.disk_mib, sdir):
+                await netns.create(self.netns_name(plan.id), self.host_if(plan.id), addr)
+            else:
+                sdir.mkdir(exist_ok=True)
+                await asyncio.gather(
+                    netns.create(self.netns_name(plan.id), self.host_if(plan.id), addr),
+                    disk.create(sdir / "disk.img", sdir / "upper", plan.disk_mib),
+                )
             marks.append(("net+disk", time.perf_counter()))
-            # The policy holds before the sandbox's first packet.
-            await self.egress.attach(self.egress_net(plan.id, plan.slot), plan.network_policy,
-                                     plan.security)
             env = {
                 "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 "HOME": "/root",
@@ -303,34 +308,55 @@ class NodeAgent:
                 # holds it to its vcpu.
                 cpuset=self.cpuset(plan.vcpu, plan.slot) if image is None else None,
             )
-            marks.append(("egress", time.perf_counter()))
-            try:
-                if image is None:
-                    await self.runtime.start(launch)
-                else:
-                    await self.runtime.restore(launch, image)
-            finally:
-                # Its sandbox and gofer processes are ours to reap now.
-                self.reaper.adopt()
+
+            async def policy() -> dict[str, str] | None:
+                # Alongside the runtime: until the sandbox's interface is
+                # in the firewall's maps, every packet from it is dropped,
+                # so the policy still holds before its first packet.
+                await self.egress.attach(self.egress_net(plan.id, plan.slot),
+                                         plan.network_policy, plan.security)
+                marks.append(("egress", time.perf_counter()))
+                return self.egress.trust_init(plan.id) if trust_store else None
+
+            async def runtime() -> None:
+                try:
+                    if image is None:
+                        await self.runtime.start(launch)
+                    else:
+                        await self.runtime.restore(launch, image)
+                finally:
+                    # Its sandbox and gofer processes are ours to reap now.
+                    self.reaper.adopt()
+
+            # Both run to their end (an error in one must not leave the other
+            # half done while everything is torn down).
+            ca, started = await asyncio.gather(policy(), runtime(), return_exceptions=True)
+            for outcome in (started, ca):
+                if isinstance(outcome, BaseException):
+                    raise outcome
             marks.append(("runsc", time.perf_counter()))
+
             async def alive() -> bool:
                 state = await self.runtime.state(plan.id)
                 return state in (RuntimeState.RUNNING, RuntimeState.PAUSED)
 
+            init = dict(plan.init or {})
+            if isinstance(ca, dict):
+                # The egress CA into the trust store, in the same call.
+                init["trust"] = ca
+            ip, port = addr.sandbox_ip, self.settings.envd_port
+
+            async def init_probe() -> bool:
+                # The first answer envd gives is to the /init itself.
+                return await envd_probe.init_when_ready(ip, port, plan.envd_token, init)
+
             await envd_probe.wait_ready(
-                addr.sandbox_ip, self.settings.envd_port,
+                ip, port,
                 min(ready_s or self.settings.envd_ready_timeout_s,
                     self.settings.envd_ready_timeout_s),
-                alive,
+                alive, probe=init_probe if init else None,
             )
-            marks.append(("envd", time.perf_counter()))
-            if plan.init:
-                await envd_probe.post_init(
-                    addr.sandbox_ip, self.settings.envd_port, plan.envd_token, plan.init
-                )
-            if trust_store:
-                await self.install_trust(plan.id, addr.sandbox_ip, plan.envd_token, plan.rootfs)
-            marks.append(("init", time.perf_counter()))
+            marks.append(("envd+init", time.perf_counter()))
         except BaseException as exc:
             log.warning("sandbox %s failed to start: %s", plan.id, exc)
             await asyncio.shield(self.stop(plan.id))
@@ -470,6 +496,7 @@ class NodeAgent:
         """Remove everything this node made on the host (uninstall, tests)."""
         for sandbox_id in sorted(await self.host_sandboxes()):
             await self.forget(sandbox_id)
+        await self.spares.remove_all()
         self.runtime.remove_cgroup_parents()
         await asyncio.to_thread(shutil.rmtree, self.settings.run_dir, True)
         await firewall.remove(self.table)

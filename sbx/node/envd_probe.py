@@ -58,19 +58,34 @@ async def _post(host: str, port: int, token: str, path: str, data: bytes) -> Non
         writer.close()
 
 
+async def init_when_ready(host: str, port: int, token: str, body: dict[str, Any]) -> bool:
+    """A readiness probe that is also the /init: False while envd does not
+    accept connections yet. (Repeating /init is harmless: the token it sets
+    is the one it is sent with.)"""
+    try:
+        await post_init(host, port, token, body)
+    except (OSError, TimeoutError):
+        return False
+    return True
+
+
 async def wait_ready(
     host: str, port: int, deadline_s: float,
     alive: Callable[[], Awaitable[bool]] | None = None,
+    probe: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
-    """Poll envd's /health until it answers; give up early when alive()
-    says the sandbox itself is gone (a broken rootfs fails in a second,
-    not at the deadline)."""
+    """Poll envd's /health (or probe) until it answers; give up early when
+    alive() says the sandbox itself is gone (a broken rootfs fails in a
+    second, not at the deadline)."""
     end = time.monotonic() + deadline_s
     delay = 0.005
     next_alive_check = time.monotonic() + 0.5
     dead_checks = 0
     while True:
-        if await health(host, port, timeout=min(1.0, max(0.05, end - time.monotonic()))):
+        if probe is not None:
+            if await probe():
+                return
+        elif await health(host, port, timeout=min(1.0, max(0.05, end - time.monotonic()))):
             return
         now = time.monotonic()
         if now >= end:

@@ -91,3 +91,31 @@ def test_init_memory_limit(envd) -> None:  # type: ignore[no-untyped-def]
         assert r.status_code == 400, bad
     r = httpx.post(base + "/init", json={"memoryMib": 512}, headers=h)
     assert r.status_code == 204
+
+
+def test_init_trust_adds_the_ca_once(envd_factory: Any, tmp_path: Path) -> None:
+    """trust: the CA goes into the system bundle between markers (a second
+    call replaces it, never stacks) and alone into caFile, as root 0644;
+    a bad value refuses the whole body and changes nothing."""
+    envd = envd_factory()
+    bundle = tmp_path / "etc" / "ssl" / "bundle.pem"
+    bundle.parent.mkdir(parents=True)
+    system = "-----BEGIN CERTIFICATE-----\nSYSTEM\n-----END CERTIFICATE-----"
+    bundle.write_text(system)  # no final newline
+    ca_file = tmp_path / "ca" / "sbx.crt"
+    pem = lambda x: f"-----BEGIN CERTIFICATE-----\n{x}\n-----END CERTIFICATE-----\n"  # noqa: E731
+    good = {"pem": pem("ONE"), "bundle": str(bundle), "caFile": str(ca_file)}
+    for bad in ({**good, "bundle": "relative"}, {**good, "pem": "not a cert"},
+                {**good, "extra": "x"}, {**good, "caFile": 5}, [good]):
+        r = init(envd.url, {"trust": bad, "accessToken": "rotated"}, TOKEN)
+        assert r.status_code == 400, bad
+    assert bundle.read_text() == system and not ca_file.exists()
+    assert list_status(envd.url, TOKEN) == 200  # the token did not change either
+    assert init(envd.url, {"trust": good}, TOKEN).status_code == 204
+    assert init(envd.url, {"trust": {**good, "pem": pem("TWO")}}, TOKEN).status_code == 204
+    text = bundle.read_text()
+    assert text.startswith(system + "\n")
+    assert "TWO" in text and "ONE" not in text and text.count("BEGIN CERTIFICATE") == 2
+    assert ca_file.read_text() == pem("TWO")
+    assert bundle.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in bundle.parent.iterdir()) == ["bundle.pem"]
