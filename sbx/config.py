@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # Bound on the pool's memory (its members' memory_mib plus headroom).
     warm_pool_max_mib: int = 4096
     timeout_check_interval_s: float = 1.0
+    # How often running time and guardrail checks are charged to wallets
+    # (and empty enforced wallets pause their organisation's sandboxes).
+    meter_interval_s: float = 15.0
     # How often audit entries past their retention are deleted.
     audit_purge_interval_s: float = 3600.0
     # Memory given to gVisor on the host beyond memory_mib: the sentry, the

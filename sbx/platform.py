@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sbx.config import Settings
-from sbx.core import accounts, templates
+from sbx.core import accounts, metering, templates, wallet_guard
 from sbx.core.errors import Unavailable
 from sbx.core.pool import WarmPool
 from sbx.core.sandboxes import SandboxService
@@ -68,6 +68,8 @@ class Platform:
                                 name="egress-resync"),
             asyncio.create_task(self._loop(self._purge_audit, self.settings.audit_purge_interval_s),
                                 name="audit-retention"),
+            asyncio.create_task(self._loop(self.meter, self.settings.meter_interval_s),
+                                name="metering"),
         ]
 
     def check_ready(self) -> None:
@@ -80,13 +82,14 @@ class Platform:
                               retry_after=10)
 
     async def bootstrap(self) -> None:
-        """First start: a default organisation and a key, written to
-        DATA_DIR/api-key (0600) so that the operator can read it again."""
+        """First start: a default organisation and an admin key of it
+        (its own API and the admin API), written to DATA_DIR/api-key (0600)
+        so that the operator can read it again."""
         async with self.db.transaction() as s:
             if await repo.first_org(s) is not None:
                 return
             await accounts.create_org(s, DEFAULT_ORG)
-            key = await accounts.create_key(s, DEFAULT_ORG)
+            key = await accounts.create_key(s, DEFAULT_ORG, role="admin")
         path = self.settings.data_dir / "api-key"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -110,6 +113,12 @@ class Platform:
             )
         # Then the warm pool, restored from those snapshots; it runs on.
         await self.pool.run()
+
+    async def meter(self) -> None:
+        """Charge what ran since the last pass, then act on empty wallets."""
+        skip = [self.sandboxes.pool_org] if self.sandboxes.pool_org else []
+        await metering.meter(self.db, skip)
+        await wallet_guard.enforce(self.db, self.sandboxes)
 
     async def _purge_audit(self) -> None:
         removed = await egress_audit.purge_expired(self.db)

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
+from sbx.cli.keys import key
 from sbx.config import Settings
 
 T = TypeVar("T")
@@ -202,24 +203,8 @@ def _read_int(path: Path) -> int:
         return 0
 
 
-@admin.group("key")
-def key() -> None:
-    """API keys."""
-
-
-@key.command("create")
-@click.option("--org", "org_name", required=True, help="Organisation name.")
-@data_dir_option
-def key_create(org_name: str, data_dir: Path | None) -> None:
-    """Create and print a new API key for an organisation."""
-    from sbx.core import accounts
-
-    async def go(s: Any) -> str:
-        return await accounts.create_key(s, org_name)
-
-    new = in_db(data_dir, go)
-    click.echo(f"New API key for {org_name!r}:")
-    click.echo(new)
+# `sbx admin key create|list|revoke` (sbx/cli/keys.py).
+admin.add_command(key)
 
 
 @admin.group("tier")
@@ -231,9 +216,15 @@ _TIER_FIELDS = ("max_sandboxes", "max_vcpu", "max_memory_mib", "max_disk_mib",
                 "max_session_s", "creates_per_minute")
 
 
+_PRICE_FIELDS = ("price_vcpu_s", "price_gib_s", "price_check")
+
+
 def _tier_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for name in reversed(_TIER_FIELDS):
         f = click.option(f"--{name.replace('_', '-')}", name, type=int, default=None)(f)
+    for name in reversed(_PRICE_FIELDS):
+        f = click.option(f"--{name.replace('_', '-')}", name, default=None,
+                         help="credits per unit (a decimal, e.g. 0.000014)")(f)
     return f
 
 
@@ -242,8 +233,8 @@ def _tier_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @_tier_options
 @click.option("--no-session-limit", is_flag=True, help="Remove the session-duration limit.")
 @data_dir_option
-def tier_set(name: str, no_session_limit: bool, data_dir: Path | None, **limits: int | None
-             ) -> None:
+def tier_set(name: str, no_session_limit: bool, data_dir: Path | None,
+             **limits: int | str | None) -> None:
     """Create tier NAME or change its limits (unset options keep their value;
     a new tier starts from the default tier's)."""
     from sbx.core import accounts
@@ -268,7 +259,8 @@ def tier_list(data_dir: Path | None) -> None:
 
 @admin.group("wallet")
 def wallet() -> None:
-    """Wallet balances (metering arrives later; a balance of 0 refuses creates)."""
+    """Wallets: balances are sums of the ledger; an enforced wallet that is
+    empty refuses creates (402) and pauses the organisation's sandboxes."""
 
 
 @wallet.command("set")
@@ -277,32 +269,59 @@ def wallet() -> None:
 @click.argument("amount")
 @data_dir_option
 def wallet_set(org_name: str, which: str, amount: str, data_dir: Path | None) -> None:
-    """Set ORG_NAME's wallet to AMOUNT, or to `off` (not metered)."""
-    from sbx.core import accounts
+    """Bring ORG_NAME's wallet to exactly AMOUNT credits (one adjusting
+    ledger entry) and enforce it, or `off`: not enforced (still charged)."""
+    from sbx.core import billing
 
-    value = None if amount == "off" else float(amount)
+    async def go(s: Any) -> int | None:
+        return await billing.set_balance(s, org_name, which, None if amount == "off" else amount)
 
-    async def go(s: Any) -> None:
-        await accounts.set_wallet(s, org_name, which, value)
-
-    in_db(data_dir, go)
-    click.echo(f"{org_name}: {which} wallet = {amount}")
+    value = in_db(data_dir, go)
+    shown = "off (not enforced)" if value is None else billing.to_credits(value)
+    click.echo(f"{org_name}: {which} wallet = {shown}")
 
 
 @wallet.command("topup")
 @click.argument("org_name")
-@click.argument("amount", type=float)
+@click.argument("amount")
 @click.option("--wallet", "which", type=click.Choice(["sandbox", "guardrails"]),
               default="sandbox", show_default=True)
 @data_dir_option
-def wallet_topup(org_name: str, amount: float, which: str, data_dir: Path | None) -> None:
-    """Add AMOUNT to ORG_NAME's wallet."""
-    from sbx.core import accounts
+def wallet_topup(org_name: str, amount: str, which: str, data_dir: Path | None) -> None:
+    """Add AMOUNT credits to ORG_NAME's wallet (and enforce it). Sandboxes
+    paused because it was empty resume within a metering interval."""
+    from sbx.core import billing
 
-    async def go(s: Any) -> float:
-        return await accounts.topup(s, org_name, which, amount)
+    async def go(s: Any) -> int:
+        return await billing.topup(s, org_name, which, amount)
 
-    click.echo(f"{org_name}: {which} wallet = {in_db(data_dir, go)}")
+    click.echo(f"{org_name}: {which} wallet = {billing.to_credits(in_db(data_dir, go))}")
+
+
+@wallet.command("show")
+@click.argument("org_name")
+@click.option("--json", "as_json", is_flag=True)
+@data_dir_option
+def wallet_show(org_name: str, as_json: bool, data_dir: Path | None) -> None:
+    """ORG_NAME's wallets: balance and whether each is enforced."""
+    import json
+
+    from sbx.core import billing
+    from sbx.core.errors import NotFound
+    from sbx.store import repo
+
+    async def go(s: Any) -> list[dict[str, Any]]:
+        org = await repo.org_by_name(s, org_name)
+        if org is None:
+            raise NotFound(f"no organisation named {org_name!r}")
+        return [w.to_json() for w in await billing.wallets(s, org)]
+
+    rows = in_db(data_dir, go)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        click.echo(f"{r['wallet']}: {r['balance']} ({'enforced' if r['enforced'] else 'off'})")
 
 
 @admin.command("teardown")

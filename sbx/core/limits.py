@@ -11,7 +11,7 @@ from datetime import timedelta
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from sbx.core.errors import Conflict, Forbidden, PaymentRequired, RateLimited
+from sbx.core.errors import Conflict, Forbidden, RateLimited
 from sbx.core.lifecycle import LIVE
 from sbx.store import repo
 from sbx.store.models import CreateLog, Org, Template, Tier
@@ -56,13 +56,6 @@ def check_size(tier: Tier, req: Request, check_session: bool) -> None:
             over.append(f"timeout {req.timeout_s} s > {tier.max_session_s} s")
     if over:
         raise Forbidden(f"Exceeds the limits of tier {tier.name!r}: " + "; ".join(over))
-
-
-def check_wallets(org: Org, req: Request) -> None:
-    if org.sandbox_balance is not None and org.sandbox_balance <= 0:
-        raise PaymentRequired("The organization's sandbox wallet has no balance")
-    if req.guardrails and org.guardrails_balance is not None and org.guardrails_balance <= 0:
-        raise PaymentRequired("The organization's guardrails wallet has no balance")
 
 
 async def check_concurrency(s: AsyncSession, org: Org, tier: Tier) -> None:

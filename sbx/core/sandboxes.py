@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sbx.config import Settings
-from sbx.core import ids, limits
+from sbx.core import billing, ids, limits
 from sbx.core.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable
 from sbx.core.lifecycle import LIVE, SandboxState
 from sbx.core.policy import NetworkPolicy, default_policy
@@ -104,7 +104,7 @@ class SandboxService:
                 tpl, spec.vcpu, spec.memory_mib, spec.timeout_s, spec.guardrails
             )
             limits.check_size(tier, want, spec.check_session)
-            limits.check_wallets(org, want)
+            await billing.check_wallets(s, org, want.guardrails)
             await limits.check_concurrency(s, org, tier)
             await limits.take_create_slot(s, org, tier)
             taken = await self._take_pooled(s, org_id, tpl, spec)
@@ -328,6 +328,10 @@ class SandboxService:
             if tpl is None:
                 raise Unavailable(f"template {row.template_id} of {sandbox_id} is gone")
             async with self.db.transaction() as s:
+                org = await repo.org_by_id(s, row.org_id)
+                assert org is not None
+                # An empty enforced wallet paused it, or would at once.
+                await billing.check_wallets(s, org, guardrails=False)
                 if not await repo.set_state(s, sandbox_id, S.PAUSED, S.UNPAUSING):
                     raise Conflict(f"Sandbox {sandbox_id} changed state; retry")
             try:
@@ -341,6 +345,8 @@ class SandboxService:
                 await repo.set_state(s, sandbox_id, S.UNPAUSING, S.RUNNING)
                 fresh = await repo.sandbox(s, sandbox_id)
                 assert fresh is not None
+                if (fresh.extra or {}).get("paused_for"):
+                    fresh.extra = {k: v for k, v in fresh.extra.items() if k != "paused_for"}
                 if timeout_s is not None:
                     fresh.timeout_s = timeout_s or None
                 if fresh.timeout_s:

@@ -58,12 +58,24 @@ async def build_base(dest: Path, progress: Progress) -> None:
     )
     assert proc.stdout is not None
     tail: list[str] = []
-    async for raw in proc.stdout:
-        line = raw.decode(errors="replace").rstrip()
-        if line:
-            tail = [*tail[-20:], line]
-            progress(line)
-    code = await proc.wait()
+    try:
+        async for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                tail = [*tail[-20:], line]
+                progress(line)
+        code = await proc.wait()
+    except BaseException:
+        # The server is stopping: the build must not run on without it
+        # (mmdebstrap cleans up its own children on SIGTERM).
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        raise
     if code != 0:
         raise CommandError(tuple(argv), code, "\n".join(tail))
     await asyncio.to_thread(configure, tmp)

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Dialect,
     Float,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -55,6 +57,11 @@ class Tier(Base):
     max_disk_mib: Mapped[int] = mapped_column(Integer)
     max_session_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
     creates_per_minute: Mapped[int] = mapped_column(Integer)
+    # Prices in micro-credits per vCPU-second, per GiB-second of memory and
+    # per guardrail check.
+    price_vcpu_s: Mapped[int] = mapped_column(BigInteger, server_default="14")
+    price_gib_s: Mapped[int] = mapped_column(BigInteger, server_default="5")
+    price_check: Mapped[int] = mapped_column(BigInteger, server_default="100")
 
 
 class Org(Base):
@@ -65,9 +72,12 @@ class Org(Base):
     # Kept for organisations made before tiers; the tier's limit applies.
     max_sandboxes: Mapped[int] = mapped_column(Integer)
     tier: Mapped[str] = mapped_column(ForeignKey("tiers.name"), default="default")
-    # Wallet balances; NULL: not metered (never refuses).
-    sandbox_balance: Mapped[float | None] = mapped_column(Float, nullable=True)
-    guardrails_balance: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Whether each wallet is enforced (an empty one refuses creates, and the
+    # sandbox wallet pauses running sandboxes). Balances are the sums of the
+    # ledger; usage is charged there either way.
+    sandbox_wallet: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
+    guardrails_wallet: Mapped[bool] = mapped_column(Boolean, server_default=false(),
+                                                    default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
@@ -92,6 +102,9 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # "member": the organisation's own API; "admin": also the admin API.
+    role: Mapped[str] = mapped_column(String(16), server_default="member", default="member")
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Template(Base):
@@ -132,6 +145,8 @@ class Sandbox(Base):
     ip_slot: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Running time before this instant is in the ledger.
+    metered_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class SandboxEvent(Base):
@@ -187,3 +202,28 @@ class GuardrailUsage(Base):
     org_id: Mapped[str] = mapped_column(String(40), ForeignKey("orgs.id"), primary_key=True)
     day: Mapped[str] = mapped_column(String(10), primary_key=True)
     checks: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Of those, how many are in the ledger.
+    charged: Mapped[int] = mapped_column(BigInteger, server_default="0", default=0)
+
+
+class LedgerEntry(Base):
+    """Append-only: every charge and every credit of a wallet. A balance is
+    the sum of its wallet's amounts (micro-credits; charges negative)."""
+
+    __tablename__ = "ledger"
+    __table_args__ = (Index("ix_ledger_org_wallet", "org_id", "wallet", "amount"),
+                      Index("ix_ledger_org_at", "org_id", "at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    org_id: Mapped[str] = mapped_column(String(40), ForeignKey("orgs.id"))
+    wallet: Mapped[str] = mapped_column(String(16))  # sandbox | guardrails
+    kind: Mapped[str] = mapped_column(String(16))  # usage | topup | adjust | opening
+    sandbox_id: Mapped[str | None] = mapped_column(String(12), nullable=True)
+    item: Mapped[str | None] = mapped_column(String(16), nullable=True)  # vcpu_s | gib_s | check
+    quantity: Mapped[float] = mapped_column(Float, server_default="0", default=0.0)
+    unit_price: Mapped[int] = mapped_column(BigInteger, server_default="0", default=0)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    period_start: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    period_end: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -37,6 +37,39 @@ async def org_by_key_hash(s: AsyncSession, key_hash: str) -> Org | None:
     return (await s.execute(q)).scalar_one_or_none()
 
 
+async def orgs(s: AsyncSession) -> Sequence[Org]:
+    return (await s.execute(select(Org).order_by(Org.created_at, Org.name))).scalars().all()
+
+
+async def key_by_hash(s: AsyncSession, key_hash: str) -> tuple[ApiKey, Org] | None:
+    """A key and its organisation, revoked and expired ones too (the caller
+    tells them apart)."""
+    q = select(ApiKey, Org).join(Org, ApiKey.org_id == Org.id).where(ApiKey.key_hash == key_hash)
+    row = (await s.execute(q)).tuples().one_or_none()
+    return (row[0], row[1]) if row is not None else None
+
+
+async def keys(s: AsyncSession, org_id: str | None = None) -> Sequence[tuple[ApiKey, str]]:
+    """Keys with their organisation's name, oldest first; every
+    organisation's with org_id None."""
+    q = (select(ApiKey, Org.name).join(Org, ApiKey.org_id == Org.id)
+         .order_by(ApiKey.created_at, ApiKey.id))
+    if org_id is not None:
+        q = q.where(ApiKey.org_id == org_id)
+    return (await s.execute(q)).tuples().all()
+
+
+async def keys_matching(s: AsyncSession, id_or_prefix: str) -> Sequence[tuple[ApiKey, str]]:
+    """Keys whose id is id_or_prefix, or else whose prefix starts with it."""
+    q = select(ApiKey, Org.name).join(Org, ApiKey.org_id == Org.id)
+    exact = (await s.execute(q.where(ApiKey.id == id_or_prefix))).tuples().all()
+    if exact:
+        return exact
+    # startswith(autoescape): `_` and `%` in the text match only themselves.
+    q = q.where(ApiKey.prefix.startswith(id_or_prefix, autoescape=True)).order_by(ApiKey.id)
+    return (await s.execute(q)).tuples().all()
+
+
 # -- templates ------------------------------------------------------------------
 async def template_by_name(s: AsyncSession, name: str, org_id: str) -> Template | None:
     q = select(Template).where(

@@ -1,0 +1,47 @@
+"""GET /v1/usage (and /usage): the calling organisation's usage and
+charges, by day and by sandbox, with totals and wallet balances."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from sbx.api.deps import Caller, platform
+from sbx.core import metering, usage
+from sbx.core.errors import FieldError, InvalidRequest
+from sbx.store import repo
+
+router = APIRouter(tags=["usage"])
+MAX_DAYS = 366
+
+
+def _day(request: Request, name: str, default: date) -> date:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise InvalidRequest([FieldError(name, "must be a date, YYYY-MM-DD")]) from None
+
+
+@router.get("/v1/usage")
+@router.get("/usage")
+async def get_usage(request: Request, caller: Caller) -> dict[str, Any]:
+    """Days `from`..`to` (UTC, both included; default: the last 30 days).
+    Charges made up to this moment are included: the call runs a metering
+    pass first."""
+    today = repo.now().date()
+    until = _day(request, "to", today)
+    since = _day(request, "from", until - timedelta(days=29))
+    if since > until:
+        raise InvalidRequest([FieldError("from", "must not be after to")])
+    if (until - since).days >= MAX_DAYS:
+        raise InvalidRequest([FieldError("from", f"at most {MAX_DAYS} days at once")])
+    p = platform(request)
+    skip = [p.sandboxes.pool_org] if p.sandboxes.pool_org else []
+    await metering.meter(p.db, skip)
+    async with p.db.session() as s:
+        return (await usage.usage(s, caller, since, until)).to_json()
