@@ -7,6 +7,7 @@ import click
 from sbx import __version__
 from sbx.cli.sandbox import sandbox
 from sbx.cli.server import admin, server
+from sbx.cli.usage import usage
 
 
 @click.group()
@@ -18,6 +19,7 @@ def cli() -> None:
 cli.add_command(server)
 cli.add_command(admin)
 cli.add_command(sandbox)
+cli.add_command(usage)
 
 
 def main() -> None:

@@ -13,6 +13,8 @@ Main concepts:
 - ``sandbox.pty``: interactive terminals (:class:`PtyHandle`).
 - ``sandbox.audit`` / ``sandbox.follow_audit``: the sandbox's egress audit
   log (:class:`AuditEntry`), a page at a time or as it grows.
+- :func:`get_usage` / :func:`get_usage_async`: the organisation's usage and
+  charges by day and by sandbox, with wallet balances.
 - :class:`SbxError`: the root of every error the SDK raises (the tree is in
   :mod:`sbx.sdk._exceptions`).
 
@@ -51,6 +53,7 @@ from sbx.sdk._models import (
 )
 from sbx.sdk._pty import AsyncPty, AsyncPtyHandle, Pty, PtyHandle
 from sbx.sdk._sandbox import AsyncSandbox, Sandbox
+from sbx.sdk._usage import get_usage, get_usage_async
 
 __all__ = [
     "AsyncCommandHandle",
@@ -88,4 +91,6 @@ __all__ = [
     "SbxTimeoutError",
     "ServerError",
     "WriteInfo",
+    "get_usage",
+    "get_usage_async",
 ]

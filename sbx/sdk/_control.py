@@ -114,3 +114,17 @@ def _quote(sandbox_id: str) -> str:
 
 def _dumps(body: Mapping[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def usage(since: str | None = None, until: str | None = None) -> Op[dict[str, Any]]:
+    """GET /v1/usage: days since..until (YYYY-MM-DD, UTC; the server's
+    default is the last 30 days)."""
+    params = {k: v for k, v in (("from", since), ("to", until)) if v}
+
+    def parse(response: httpx.Response) -> dict[str, Any]:
+        body = json_body(response)
+        if not isinstance(body, dict) or "totals" not in body:
+            raise ServerError("The server answered usage with something else")
+        return body
+
+    return Op(Request("GET", "/v1/usage", Target.API, params=params or None), parse)

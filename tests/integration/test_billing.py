@@ -52,7 +52,10 @@ def run(api: httpx.Client, sid: str, cmd: str) -> str:
     from sbx import Sandbox
 
     sb = Sandbox.connect(sid, api_url=str(api.base_url), api_key=api.headers["X-API-Key"])
-    return sb.commands.run(cmd).stdout
+    try:
+        return sb.commands.run(cmd).stdout
+    finally:
+        sb.close()
 
 
 def test_empty_wallet_pauses_and_topup_resumes(metered: Server) -> None:
@@ -118,6 +121,39 @@ def test_usage_api_shape_and_bad_input(metered: Server) -> None:
             assert r.status_code == 400 and r.json()["code"] == 400, params
         assert api.get("/v1/usage", params={"to": "x"}).status_code == 400
         assert httpx.get(metered.url + "/usage").status_code == 401
+        # The SDK (sync and async) and the CLI read the same report.
+        import asyncio
+        import csv
+        import io
+        import json
+        import subprocess
+
+        from sbx.sdk import AuthenticationError, InvalidRequestError, get_usage, get_usage_async
+        from tests.integration.server import SBX
+
+        key = api.headers["X-API-Key"]
+        report = get_usage(api_url=metered.url, api_key=key)
+        assert report["totals"]["vcpu_seconds"] == before
+        again = asyncio.run(get_usage_async(api_url=metered.url, api_key=key))
+        assert again["by_sandbox"] == report["by_sandbox"]
+        with pytest.raises(InvalidRequestError):
+            get_usage("bad", api_url=metered.url, api_key=key)
+        with pytest.raises(AuthenticationError):
+            get_usage(api_url=metered.url, api_key="sbx_wrong")
+        env = {"SBX_API_URL": metered.url, "SBX_API_KEY": key, "PATH": "/usr/bin:/bin"}
+
+        def cli(*args: str) -> str:
+            res = subprocess.run([SBX, "usage", *args], capture_output=True, text=True,
+                                 env=env, timeout=60)
+            assert res.returncode == 0, res.stderr
+            return res.stdout
+
+        rows = list(csv.DictReader(io.StringIO(cli("--by", "sandbox", "--format", "csv"))))
+        assert [r["sandbox_id"] for r in rows] == [sid, "total"]
+        assert float(rows[0]["vcpu_seconds"]) == before
+        assert json.loads(cli("--format", "json"))["organization"] == name
+        table = cli()
+        assert "total" in table and "sandbox wallet" in table
     finally:
         api.close()
 
