@@ -257,11 +257,19 @@ class SandboxService:
 
     async def delete(
         self, org_id: str | None, sandbox_id: str, final: SandboxState = S.DELETED,
-        reason: str | None = None,
+        reason: str | None = None, only_if_lost: bool = False,
     ) -> Sandbox:
+        """only_if_lost: the reconciler's delete, done only if, under the
+        sandbox's lock, it is still meant to run and its runtime does not
+        (a pause may have ended it in between, rightly)."""
         async with self._sandbox_locks[sandbox_id]:
             row = await self.get(org_id, sandbox_id)
             if row.state in (S.DELETED, S.KILLED):
+                return row
+            if only_if_lost and (
+                row.state not in (S.RUNNING, S.DELETING, S.POOLED)
+                or await self.agent.runtime.state(sandbox_id) == RuntimeState.RUNNING
+            ):
                 return row
             if row.state == S.STARTING:
                 raise Conflict(f"Sandbox {sandbox_id} is still starting")
@@ -412,10 +420,11 @@ class SandboxService:
         dead = await self.agent.reconcile(keep) - in_flight
         for r in rows:
             if r.id in dead and r.state in (S.RUNNING, S.DELETING, S.POOLED):
-                log.warning("sandbox %s is gone from the host; marking it", r.id)
+                log.warning("sandbox %s seems gone from the host; marking it if so", r.id)
                 final = S.KILLED if r.extra.get("surface") not in ("v1", "pool") else S.DELETED
                 try:
-                    await self.delete(None, r.id, final, "lost: runtime not running")
+                    await self.delete(None, r.id, final, "lost: runtime not running",
+                                      only_if_lost=True)
                 except Exception:
                     log.exception("marking %s failed", r.id)
 

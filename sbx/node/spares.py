@@ -21,6 +21,8 @@ from sbx.node import disk
 
 log = logging.getLogger(__name__)
 
+REFILL_DELAY_S = 0.5
+
 
 class SpareDisks:
     def __init__(self, root: Path, size_mib: int, count: int) -> None:
@@ -51,17 +53,20 @@ class SpareDisks:
             log.warning("spare disk %s not usable (%s)", spare, exc)
             return False
         finally:
-            self.refill()
+            self.refill(after_s=REFILL_DELAY_S)
         return True
 
-    def refill(self) -> None:
+    def refill(self, after_s: float = 0.0) -> None:
         if self._closing or self.count <= 0 or (
             self._filling is not None and not self._filling.done()
         ):
             return
-        self._filling = asyncio.create_task(self._fill(), name="spare-disks")
+        self._filling = asyncio.create_task(self._fill(after_s), name="spare-disks")
 
-    async def _fill(self) -> None:
+    async def _fill(self, after_s: float) -> None:
+        # Not while the create that took the spare is restoring its sandbox:
+        # on two cores the mkfs would slow it down.
+        await asyncio.sleep(after_s)
         while len(self._ready) < self.count and not self._closing:
             self._serial += 1
             path = self.root / f"{os.getpid()}-{self._serial}"

@@ -224,3 +224,13 @@ def how_started(server: Server, sandbox_id: str) -> str:
             "SELECT detail FROM sandbox_events WHERE sandbox_id = ? AND to_state = 'running' "
             "ORDER BY id DESC LIMIT 1", (sandbox_id,)).fetchone()
     return str(row[0]) if row else "?"
+
+
+def seed002_error(r: httpx.Response, status: int) -> str:
+    """Seed 002's error shape (`{"code", "message"}`, which /sandboxes,
+    /usage and /admin answer in); answers the message."""
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"code", "message"} and body["code"] == status, body
+    assert isinstance(body["message"], str) and body["message"]
+    return str(body["message"])

@@ -39,6 +39,12 @@ def new_org(server: Server, **tier: str) -> tuple[str, httpx.Client]:
     return name, httpx.Client(base_url=server.url, headers={"X-API-Key": key}, timeout=60)
 
 
+def delete_all(api: httpx.Client) -> None:
+    for sb in api.get("/sandboxes").json():
+        api.delete(f"/sandboxes/{sb['id']}")
+    api.close()
+
+
 def wait_for(what: str, cond: object, timeout: float = 30) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -94,9 +100,7 @@ def test_empty_wallet_pauses_and_topup_resumes(metered: Server) -> None:
         assert run(api, sid, "cat /home/user/f") == "kept\n"
         assert api.post("/sandboxes", json={}).status_code == 201
     finally:
-        for sb in api.get("/v1/sandbox/").json():
-            api.delete(f"/v1/sandbox/{sb['id']}")
-        api.close()
+        delete_all(api)
 
 
 def test_usage_api_shape_and_bad_input(metered: Server) -> None:
@@ -168,9 +172,7 @@ def test_50_parallel_creates_against_a_limit_of_3(metered: Server) -> None:
         assert set(codes) == {201, 429}
         assert len(api.get("/sandboxes").json()) == 3
     finally:
-        for sb in api.get("/sandboxes").json():
-            api.delete(f"/sandboxes/{sb['id']}")
-        api.close()
+        delete_all(api)
 
 
 def test_create_rate_holds_in_parallel_and_across_a_restart(metered: Server) -> None:
@@ -186,6 +188,4 @@ def test_create_rate_holds_in_parallel_and_across_a_restart(metered: Server) -> 
         assert r.status_code == 429 and "rate" in r.json()["message"].lower()
         assert 1 <= int(r.headers["Retry-After"]) <= 60
     finally:
-        for sb in api.get("/sandboxes").json():
-            api.delete(f"/sandboxes/{sb['id']}")
-        api.close()
+        delete_all(api)

@@ -18,8 +18,10 @@ TOUCH = "python3 -c \"b = bytearray({mib} << 20); b[::4096] = b'x' * len(b[::409
 
 
 def snapshots_of(server: Server) -> list[str]:
+    """Sealed template snapshots (not the staging directories of images
+    being written, `NAME.tmp-...`)."""
     d = TEMPLATES / "base" / "snapshots"
-    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+    return sorted(p.name for p in d.iterdir() if "." not in p.name) if d.exists() else []
 
 
 def test_prewarmed_sizes_start_from_snapshot_with_their_own_identity(

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.server import Server
+from tests.integration.server import Server, seed002_error
 
 pytestmark = pytest.mark.integration
 
@@ -25,13 +25,7 @@ def client(server: Server, key: str | None) -> httpx.Client:
     return httpx.Client(base_url=server.url, headers=headers, timeout=60)
 
 
-def error(r: httpx.Response, status: int) -> str:
-    """Seed 002's shape, which /admin and /sandboxes answer in."""
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"code", "message"} and body["code"] == status, body
-    assert isinstance(body["message"], str) and body["message"]
-    return str(body["message"])
+error = seed002_error
 
 
 def v1_error(r: httpx.Response, status: int) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.server import Server, leaks
+from tests.integration.server import Server, leaks, seed002_error
 
 pytestmark = pytest.mark.integration
 
@@ -54,12 +54,7 @@ def org(sbx_server: Server) -> Iterator[Org]:
     o.cleanup()
 
 
-def error(r: httpx.Response, status: int) -> str:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"code", "message"} and body["code"] == status, body
-    assert isinstance(body["message"], str) and body["message"]
-    return str(body["message"])
+error = seed002_error
 
 
 def test_create_answer_has_every_field(org: Org) -> None:

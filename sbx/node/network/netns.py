@@ -20,11 +20,12 @@ SANDBOX_MAC = "02:73:62:78:00:02"
 async def create(netns: str, host_if: str, addr: Addressing) -> None:
     """A fresh netns with one veth pair: `eth0` inside, `host_if` outside.
     runsc's netstack takes over eth0 and its address."""
-    await run("ip", "netns", "add", netns)
     # addrgenmode none: no IPv6 link-local address, so there is no v6 path
-    # between the sandbox and the host at all.
+    # between the sandbox and the host at all. The netns is made in the same
+    # ip run as the veth (one command fewer on the create path).
     host_batch = "\n".join(
         [
+            f"netns add {netns}",
             f"link add {host_if} address {HOST_MAC} type veth "
             f"peer name eth0 address {SANDBOX_MAC} netns {netns}",
             f"link set dev {host_if} addrgenmode none",
