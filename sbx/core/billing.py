@@ -98,6 +98,8 @@ async def set_balance(s: AsyncSession, org_name: str, wallet: str, credits: str 
     """Bring the wallet to exactly credits with one adjusting entry and
     enforce it; None turns enforcement off (usage is still charged)."""
     _check(wallet)
+    # The balance read below must still hold when the adjustment is written.
+    await repo.write_lock(s)
     org = await _org(s, org_name)
     if credits is None:
         setattr(org, f"{wallet}_wallet", False)

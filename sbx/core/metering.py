@@ -91,9 +91,10 @@ async def _charge_sandbox(s: AsyncSession, row: Sandbox, tier: Tier, now: dateti
 async def meter(db: Database, skip_orgs: Sequence[str] = ()) -> dict[str, int]:
     """One pass over everything not yet charged; answers micro-credits
     charged per organisation."""
-    now = repo.now()
     charged: dict[str, int] = {}
     async with db.transaction() as s:
+        await repo.write_lock(s)
+        now = repo.now()
         tiers = {t.name: t for t in (await s.execute(select(Tier))).scalars()}
         orgs = {o.id: o for o in (await s.execute(select(Org))).scalars()}
         rows = (await s.execute(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sbx.store.models import ApiKey, Org, Sandbox, SandboxEvent, Template
@@ -26,15 +26,6 @@ async def org_by_id(s: AsyncSession, org_id: str) -> Org | None:
 
 async def first_org(s: AsyncSession) -> Org | None:
     return (await s.execute(select(Org).order_by(Org.created_at).limit(1))).scalar_one_or_none()
-
-
-async def org_by_key_hash(s: AsyncSession, key_hash: str) -> Org | None:
-    q = (
-        select(Org)
-        .join(ApiKey, ApiKey.org_id == Org.id)
-        .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
-    )
-    return (await s.execute(q)).scalar_one_or_none()
 
 
 async def orgs(s: AsyncSession) -> Sequence[Org]:
@@ -158,3 +149,18 @@ async def pooled(s: AsyncSession, org_id: str, template_id: str, vcpu: int, memo
         Sandbox.state.in_(list(states)),
     ).order_by(Sandbox.created_at)
     return (await s.execute(q)).scalars().all()
+
+
+async def write_lock(s: AsyncSession) -> None:
+    """Take SQLite's write lock now, as the transaction's first statement:
+    pysqlite begins a transaction only at the first write, so without it
+    what a read-then-write transaction read may be changed by another
+    writer before it writes (two metering passes would both charge the same
+    seconds). Other writers wait (busy_timeout)."""
+    conn = await s.connection()
+    if conn.dialect.name != "sqlite":
+        return
+    raw = await conn.get_raw_connection()
+    # Already written in this transaction: the lock is held.
+    if not getattr(raw.driver_connection, "in_transaction", False):
+        await s.execute(text("BEGIN IMMEDIATE"))

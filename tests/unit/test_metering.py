@@ -242,3 +242,31 @@ async def _entries(url: str) -> int:
             return int((await s.execute(select(func.count(LedgerEntry.id)))).scalar_one())
     finally:
         await db.close()
+
+
+async def test_passes_at_once_charge_once(tmp_path: Path) -> None:
+    """The metering loop and a usage request may run a pass at the same time:
+    each second is still charged once (the pass holds the write lock from
+    its first read)."""
+    db, _, ids = await _store(tmp_path, sandboxes=5)
+    try:
+        async with db.transaction() as s:
+            start = repo.now() - timedelta(seconds=10)
+            for row in (await s.execute(select(Sandbox))).scalars():
+                row.created_at = start
+            for e in (await s.execute(select(SandboxEvent))).scalars():
+                e.at = start
+        others = [Database(db.url) for _ in range(3)]
+        try:
+            await asyncio.gather(metering.meter(db), *(metering.meter(o) for o in others))
+        finally:
+            for o in others:
+                await o.close()
+        async with db.session() as s:
+            for sid in ids:
+                row = await repo.sandbox(s, sid)
+                assert row is not None and row.metered_until is not None
+                ran = (row.metered_until - start).total_seconds()
+                assert await _vcpu_seconds(db, sid) == pytest.approx(2 * ran, abs=1e-5)
+    finally:
+        await db.close()
