@@ -50,7 +50,9 @@ class SpareDisks:
         try:
             spare.rename(dest)
         except OSError as exc:
-            log.warning("spare disk %s not usable (%s)", spare, exc)
+            # dest is in the way (not the spare's fault): keep the spare.
+            log.warning("spare disk %s not moved to %s (%s)", spare, dest, exc)
+            self._ready.append(spare)
             return False
         finally:
             self.refill(after_s=REFILL_DELAY_S)
