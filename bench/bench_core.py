@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from bench.baseline import BareRunsc
+from bench.client import timed_create
 from bench.stats import ms, summary
 from sbx import Sandbox
 from tests.integration.server import TEMPLATES, Server, free_subnet
@@ -92,12 +93,7 @@ def main() -> None:
                 bare.append(b.boot(args.platform))
             finally:
                 b.destroy()
-            t0 = time.perf_counter()
-            r = api.post("/v1/sandbox/",
-                           json={"template_name": "base", "vcpu": 1, "memory_mib": 512})
-            made.append(time.perf_counter() - t0)
-            assert r.status_code == 201, r.text
-            api.delete(f"/v1/sandbox/{r.json()['id']}")
+            made.append(timed_create(api))
         results["create"] = {"sbx": summary(made), "bare_runsc_run": summary(bare)}
 
         sb = Sandbox.create(api_url=server.url, api_key=key, vcpu=1, memory_mib=512)

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from bench.baseline import BareRunsc, restore_template_image
+from bench.client import timed_create
 from bench.stats import ms, summary
 from sbx import Sandbox
 from tests.integration.server import TEMPLATES, Server, free_subnet
@@ -86,12 +87,7 @@ def pool_hits(work: Path, rootfs: Path, n: int) -> dict[str, Any]:
                 assert time.monotonic() < deadline, server.tail()
                 time.sleep(0.1)
             time.sleep(0.5)
-            t0 = time.perf_counter()
-            r = api.post("/v1/sandbox/",
-                           json={"template_name": "base", "vcpu": 1, "memory_mib": 512})
-            hits.append(time.perf_counter() - t0)
-            assert r.status_code == 201, r.text
-            api.delete(f"/v1/sandbox/{r.json()['id']}")
+            hits.append(timed_create(api))
             _, rs, _ = bare_cycle(rootfs, work, 150 + i % 50, 0, "none")
             bare_restores.append(rs)
         return {"sbx": summary(hits), "bare_restore": summary(bare_restores)}
@@ -128,12 +124,7 @@ def main() -> None:
             _, rs, _ = bare_cycle(rootfs, work, i % 100, 0, "none")
             bare_restores.append(rs)
             same_restores.append(restore_template_image(image, rootfs, work, 200 + i % 50))
-            t0 = time.perf_counter()
-            r = api.post("/v1/sandbox/",
-                           json={"template_name": "base", "vcpu": 1, "memory_mib": 512})
-            creates.append(time.perf_counter() - t0)
-            assert r.status_code == 201, r.text
-            api.delete(f"/v1/sandbox/{r.json()['id']}")
+            creates.append(timed_create(api))
         out["create_from_snapshot"] = {"sbx": summary(creates),
                                        "bare_restore": summary(bare_restores),
                                        "bare_restore_same_image": summary(same_restores)}

@@ -271,13 +271,13 @@ def wallet() -> None:
 def wallet_set(org_name: str, which: str, amount: str, data_dir: Path | None) -> None:
     """Bring ORG_NAME's wallet to exactly AMOUNT credits (one adjusting
     ledger entry) and enforce it, or `off`: not enforced (still charged)."""
-    from sbx.core import billing
+    from sbx.core import billing, money
 
     async def go(s: Any) -> int | None:
         return await billing.set_balance(s, org_name, which, None if amount == "off" else amount)
 
     value = in_db(data_dir, go)
-    shown = "off (not enforced)" if value is None else billing.to_credits(value)
+    shown = "off (not enforced)" if value is None else money.to_credits(value)
     click.echo(f"{org_name}: {which} wallet = {shown}")
 
 
@@ -290,12 +290,12 @@ def wallet_set(org_name: str, which: str, amount: str, data_dir: Path | None) ->
 def wallet_topup(org_name: str, amount: str, which: str, data_dir: Path | None) -> None:
     """Add AMOUNT credits to ORG_NAME's wallet (and enforce it). Sandboxes
     paused because it was empty resume within a metering interval."""
-    from sbx.core import billing
+    from sbx.core import billing, money
 
     async def go(s: Any) -> int:
         return await billing.topup(s, org_name, which, amount)
 
-    click.echo(f"{org_name}: {which} wallet = {billing.to_credits(in_db(data_dir, go))}")
+    click.echo(f"{org_name}: {which} wallet = {money.to_credits(in_db(data_dir, go))}")
 
 
 @wallet.command("show")
@@ -306,14 +306,10 @@ def wallet_show(org_name: str, as_json: bool, data_dir: Path | None) -> None:
     """ORG_NAME's wallets: balance and whether each is enforced."""
     import json
 
-    from sbx.core import billing
-    from sbx.core.errors import NotFound
-    from sbx.store import repo
+    from sbx.core import accounts, billing
 
     async def go(s: Any) -> list[dict[str, Any]]:
-        org = await repo.org_by_name(s, org_name)
-        if org is None:
-            raise NotFound(f"no organisation named {org_name!r}")
+        org = await accounts.org_named(s, org_name)
         return [w.to_json() for w in await billing.wallets(s, org)]
 
     rows = in_db(data_dir, go)

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from sbx.core import billing, ids
+from sbx.core import ids, money
 from sbx.core.errors import Conflict, NotFound, Unauthorized
 from sbx.store import repo
 from sbx.store.models import ApiKey, GuardrailUsage, Org, Tier
@@ -82,9 +82,7 @@ async def issue_key(s: AsyncSession, org_name: str, role: str = "member",
             raise ValueError("the expiry must carry a time zone")
         if expires_at <= now:
             raise ValueError("the expiry must be in the future")
-    org = await repo.org_by_name(s, org_name)
-    if org is None:
-        raise NotFound(f"no organisation named {org_name!r}")
+    org = await org_named(s, org_name)
     key = ids.api_key()
     row = ApiKey(id="key_" + secrets.token_hex(8), org_id=org.id, key_hash=ids.hash_key(key),
                  prefix=key[:12], created_at=now, role=role, expires_at=expires_at)
@@ -126,10 +124,7 @@ async def list_keys(s: AsyncSession, org_name: str | None = None) -> list[dict[s
     key_dict shows them: prefixes only."""
     org_id = None
     if org_name is not None:
-        org = await repo.org_by_name(s, org_name)
-        if org is None:
-            raise NotFound(f"no organisation named {org_name!r}")
-        org_id = org.id
+        org_id = (await org_named(s, org_name)).id
     now = repo.now()
     return [key_dict(k, name, now) for k, name in await repo.keys(s, org_id)]
 
@@ -162,7 +157,8 @@ async def revoke_key(s: AsyncSession, id_or_prefix: str) -> dict[str, Any]:
     return key_dict(row, org_name, now)
 
 
-async def _org(s: AsyncSession, name: str) -> Org:
+async def org_named(s: AsyncSession, name: str) -> Org:
+    """The organisation called name, or 404."""
     org = await repo.org_by_name(s, name)
     if org is None:
         raise NotFound(f"no organisation named {name!r}")
@@ -170,7 +166,7 @@ async def _org(s: AsyncSession, name: str) -> Org:
 
 
 async def set_org(s: AsyncSession, name: str, tier: str | None = None) -> None:
-    org = await _org(s, name)
+    org = await org_named(s, name)
     if tier is not None:
         if await s.get(Tier, tier) is None:
             raise NotFound(f"no tier named {tier!r}")
@@ -185,7 +181,7 @@ PRICE_FIELDS = ("price_vcpu_s", "price_gib_s", "price_check")
 
 def tier_dict(t: Tier) -> dict[str, Any]:
     return {"name": t.name, **{f: getattr(t, f) for f in TIER_FIELDS},
-            **{f: billing.to_credits(getattr(t, f)) for f in PRICE_FIELDS}}
+            **{f: money.to_credits(getattr(t, f)) for f in PRICE_FIELDS}}
 
 
 async def set_tier(s: AsyncSession, name: str, no_session_limit: bool = False,
@@ -195,7 +191,7 @@ async def set_tier(s: AsyncSession, name: str, no_session_limit: bool = False,
         if value is None:
             continue
         if key in PRICE_FIELDS:
-            values[key] = billing.to_micro(value)
+            values[key] = money.to_micro(value)
         elif key in TIER_FIELDS:
             values[key] = int(value)
         else:
@@ -223,9 +219,7 @@ async def list_tiers(s: AsyncSession) -> list[dict[str, Any]]:
 async def guardrail_usage(s: AsyncSession, org_name: str) -> dict[str, int]:
     """Guardrail checks of an organisation by UTC day (what its guardrails
     wallet is charged for)."""
-    org = await repo.org_by_name(s, org_name)
-    if org is None:
-        raise NotFound(f"no organisation named {org_name!r}")
+    org = await org_named(s, org_name)
     rows = (await s.execute(
         select(GuardrailUsage.day, GuardrailUsage.checks)
         .where(GuardrailUsage.org_id == org.id).order_by(GuardrailUsage.day)

@@ -1,49 +1,26 @@
 """Wallets and the ledger they are summed from.
 
-Money is integer micro-credits (1 credit = 1 000 000) everywhere in the
-store, so sums are exact; credits as decimals only at the edges (CLI, API).
-Nothing in the ledger is ever updated or deleted: a balance is the sum of
-its wallet's entries, charges negative, top-ups positive.
+Amounts are micro-credits (sbx.core.money). Nothing in the ledger is ever
+updated or deleted: a balance is the sum of its wallet's entries, charges
+negative, top-ups positive.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from sbx.core.errors import NotFound, PaymentRequired
+from sbx.core.accounts import org_named
+from sbx.core.errors import PaymentRequired
+from sbx.core.money import to_credits, to_micro
 from sbx.store import repo
 from sbx.store.models import LedgerEntry, Org
 
-MICRO = 1_000_000
 WALLETS = ("sandbox", "guardrails")
-
-
-def to_micro(credits: str | float | Decimal) -> int:
-    """Credits (a decimal, at most 6 places kept) to micro-credits."""
-    try:
-        value = Decimal(str(credits))
-    except InvalidOperation:
-        raise ValueError(f"not an amount: {credits!r}") from None
-    if not value.is_finite():
-        raise ValueError(f"not an amount: {credits!r}")
-    return int((value * MICRO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
-
-
-def to_credits(micro: int) -> str:
-    """Micro-credits as a decimal string of credits ("12.500000")."""
-    return str((Decimal(micro) / MICRO).quantize(Decimal("0.000001")))
-
-
-def charge(quantity: float, unit_price: int) -> int:
-    """The (positive) micro-credits owed for quantity units at unit_price."""
-    return int((Decimal(repr(quantity)) * unit_price).quantize(Decimal(1),
-                                                                rounding=ROUND_HALF_EVEN))
 
 
 def _check(wallet: str) -> None:
@@ -73,20 +50,13 @@ def post(s: AsyncSession, org_id: str, wallet: str, kind: str, amount: int,
     return entry
 
 
-async def _org(s: AsyncSession, name: str) -> Org:
-    org = await repo.org_by_name(s, name)
-    if org is None:
-        raise NotFound(f"no organisation named {name!r}")
-    return org
-
-
 async def topup(s: AsyncSession, org_name: str, wallet: str, credits: str) -> int:
     """Credit the wallet (and enforce it from now on); answers the balance."""
     _check(wallet)
     amount = to_micro(credits)
     if amount <= 0:
         raise ValueError("a top-up must be positive")
-    org = await _org(s, org_name)
+    org = await org_named(s, org_name)
     setattr(org, f"{wallet}_wallet", True)
     post(s, org.id, wallet, "topup", amount, note=f"top-up of {to_credits(amount)}")
     await s.flush()
@@ -100,7 +70,7 @@ async def set_balance(s: AsyncSession, org_name: str, wallet: str, credits: str 
     _check(wallet)
     # The balance read below must still hold when the adjustment is written.
     await repo.write_lock(s)
-    org = await _org(s, org_name)
+    org = await org_named(s, org_name)
     if credits is None:
         setattr(org, f"{wallet}_wallet", False)
         return None

@@ -21,7 +21,7 @@ from datetime import datetime
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from sbx.core import billing
+from sbx.core import billing, money
 from sbx.core.lifecycle import LIVE
 from sbx.core.lifecycle import SandboxState as S
 from sbx.store import repo
@@ -79,7 +79,7 @@ async def _charge_sandbox(s: AsyncSession, row: Sandbox, tier: Tier, now: dateti
             ("vcpu_s", seconds * row.vcpu, tier.price_vcpu_s),
             ("gib_s", seconds * row.memory_mib / 1024, tier.price_gib_s),
         ):
-            amount = billing.charge(quantity, price)
+            amount = money.charge(quantity, price)
             billing.post(s, row.org_id, "sandbox", "usage", -amount, at=now,
                          sandbox_id=row.id, item=item, quantity=quantity, unit_price=price,
                          period_start=since, period_end=until)
@@ -120,7 +120,7 @@ async def meter(db: Database, skip_orgs: Sequence[str] = ()) -> dict[str, int]:
                 continue
             checks = u.checks - u.charged
             price = tiers[org.tier].price_check
-            amount = billing.charge(float(checks), price)
+            amount = money.charge(float(checks), price)
             billing.post(s, org.id, "guardrails", "usage", -amount, at=now, item="check",
                          quantity=float(checks), unit_price=price, note=f"checks of {u.day}")
             u.charged = u.checks

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from sbx.core import billing
+from sbx.core import billing, money
 from sbx.store.models import LedgerEntry, Org
 
 
@@ -45,9 +45,9 @@ class Line:
             "vcpu_seconds": round(self.vcpu_seconds, 3),
             "gib_seconds": round(self.gib_seconds, 3),
             "guardrail_checks": self.guardrail_checks,
-            "sandbox_charges": billing.to_credits(self.sandbox_charges),
-            "guardrails_charges": billing.to_credits(self.guardrails_charges),
-            "credits_added": billing.to_credits(self.credits_added),
+            "sandbox_charges": money.to_credits(self.sandbox_charges),
+            "guardrails_charges": money.to_credits(self.guardrails_charges),
+            "credits_added": money.to_credits(self.credits_added),
         }
 
 

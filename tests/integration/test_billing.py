@@ -45,6 +45,12 @@ def delete_all(api: httpx.Client) -> None:
     api.close()
 
 
+def parallel_creates(api: httpx.Client, n: int) -> list[int]:
+    """The status codes of n creates sent all at once."""
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(lambda _: api.post("/sandboxes", json={}).status_code, range(n)))
+
+
 def wait_for(what: str, cond: object, timeout: float = 30) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -165,9 +171,7 @@ def test_usage_api_shape_and_bad_input(metered: Server) -> None:
 def test_50_parallel_creates_against_a_limit_of_3(metered: Server) -> None:
     _, api = new_org(metered, max_sandboxes="3", creates_per_minute="1000")
     try:
-        with ThreadPoolExecutor(50) as pool:
-            codes = list(pool.map(lambda _: api.post("/sandboxes", json={}).status_code,
-                                  range(50)))
+        codes = parallel_creates(api, 50)
         assert sorted(codes).count(201) == 3, codes
         assert set(codes) == {201, 429}
         assert len(api.get("/sandboxes").json()) == 3
@@ -178,9 +182,7 @@ def test_50_parallel_creates_against_a_limit_of_3(metered: Server) -> None:
 def test_create_rate_holds_in_parallel_and_across_a_restart(metered: Server) -> None:
     _, api = new_org(metered, max_sandboxes="10", creates_per_minute="3")
     try:
-        with ThreadPoolExecutor(50) as pool:
-            codes = list(pool.map(lambda _: api.post("/sandboxes", json={}).status_code,
-                                  range(50)))
+        codes = parallel_creates(api, 50)
         assert codes.count(201) == 3, codes
         metered.stop()
         metered.start()

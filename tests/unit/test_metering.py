@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from sbx.core import accounts, billing, metering
+from sbx.core import accounts, billing, metering, money
 from sbx.core.errors import PaymentRequired
 from sbx.store import repo
 from sbx.store.db import Database
@@ -47,14 +47,14 @@ def test_running_between_counts_running_time_only() -> None:
 
 
 def test_amounts_are_exact_micro_credits() -> None:
-    assert billing.to_micro("12.5") == 12_500_000
-    assert billing.to_micro("0.000001") == 1
-    assert billing.to_credits(-1_500_000) == "-1.500000"
-    assert billing.charge(10.0, 14) == 140
-    assert billing.charge(0.5, 5) == 2  # half to even
+    assert money.to_micro("12.5") == 12_500_000
+    assert money.to_micro("0.000001") == 1
+    assert money.to_credits(-1_500_000) == "-1.500000"
+    assert money.charge(10.0, 14) == 140
+    assert money.charge(0.5, 5) == 2  # half to even
     for bad in ("x", "nan", "inf"):
         with pytest.raises(ValueError):
-            billing.to_micro(bad)
+            money.to_micro(bad)
 
 
 async def _store(tmp_path: Path, sandboxes: int = 1) -> tuple[Database, str, list[str]]:
@@ -89,8 +89,8 @@ async def test_each_second_charged_once_and_paused_time_free(
     clock = [T0 + timedelta(seconds=30)]
     monkeypatch.setattr(repo, "now", lambda: clock[0])
     try:
-        assert (await metering.meter(db))[org_id] == billing.charge(60.0, 14) + \
-            billing.charge(30.0, 5)
+        assert (await metering.meter(db))[org_id] == money.charge(60.0, 14) + \
+            money.charge(30.0, 5)
         await metering.meter(db)  # nothing new: nothing charged
         assert await _vcpu_seconds(db, sid) == 60.0
         # Paused from 40 s to 100 s, running again until 130 s.
@@ -199,14 +199,20 @@ async def _torn_or_inexact(url: str) -> bool:
         await db.close()
 
 
-async def _start_at_now(tmp_path: Path) -> str:
-    db, _, _ = await _store(tmp_path, sandboxes=40)
+async def _started_ago(db: Database, seconds: float) -> datetime:
+    """Every sandbox created, and running, that long before now."""
+    start = repo.now() - timedelta(seconds=seconds)
     async with db.transaction() as s:
-        start = repo.now() - timedelta(seconds=5)
         for row in (await s.execute(select(Sandbox))).scalars():
             row.created_at = start
         for e in (await s.execute(select(SandboxEvent))).scalars():
             e.at = start
+    return start
+
+
+async def _start_at_now(tmp_path: Path) -> str:
+    db, _, _ = await _store(tmp_path, sandboxes=40)
+    await _started_ago(db, 5)
     await db.close()
     return db.url
 
@@ -250,12 +256,7 @@ async def test_passes_at_once_charge_once(tmp_path: Path) -> None:
     its first read)."""
     db, _, ids = await _store(tmp_path, sandboxes=5)
     try:
-        async with db.transaction() as s:
-            start = repo.now() - timedelta(seconds=10)
-            for row in (await s.execute(select(Sandbox))).scalars():
-                row.created_at = start
-            for e in (await s.execute(select(SandboxEvent))).scalars():
-                e.at = start
+        start = await _started_ago(db, 10)
         others = [Database(db.url) for _ in range(3)]
         try:
             await asyncio.gather(metering.meter(db), *(metering.meter(o) for o in others))
