@@ -9,28 +9,16 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from sbx.core import accounts
 from sbx.egress.audit import AuditEvent, AuditWriter, guardrail_checks, purge_expired
 from sbx.store import repo
 from sbx.store.db import Database
-from sbx.store.models import EgressAudit, Sandbox, Template
+from sbx.store.models import EgressAudit
+from tests.unit.store_rows import seeded
 
 
 async def _store(tmp_path: Path) -> tuple[Database, str]:
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'sbx.db'}")
-    await db.migrate()
-    async with db.transaction() as s:
-        org = await accounts.create_org(s, "audit-test")
-        s.add(Template(id="tpl-base", name="base", org_id=None, vcpu=1, memory_mib=512,
-                       disk_mib=512, rootfs="/nonexistent", status="ready",
-                       created_at=repo.now()))
-        await s.flush()
-        for sid in ("sbx-aaaaaaaa", "sbx-bbbbbbbb"):
-            s.add(Sandbox(id=sid, org_id=org.id, template_id="tpl-base", state="running",
-                          vcpu=1, memory_mib=512, disk_mib=512, network_policy={},
-                          env_vars={}, extra={}, envd_token="t", proxy_token="p",
-                          created_at=repo.now()))
-    return db, org.id
+    return await seeded(f"sqlite+aiosqlite:///{tmp_path / 'sbx.db'}", "audit-test",
+                        ["sbx-aaaaaaaa", "sbx-bbbbbbbb"])
 
 
 async def test_retention_audit_off_and_counted_checks(tmp_path: Path) -> None:

@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from sbx.core import accounts, billing, metering, money
+from sbx.core import billing, metering, money
 from sbx.core.errors import PaymentRequired
 from sbx.store import repo
 from sbx.store.db import Database
-from sbx.store.models import GuardrailUsage, LedgerEntry, Sandbox, SandboxEvent, Template
+from sbx.store.models import GuardrailUsage, LedgerEntry, Sandbox, SandboxEvent
+from tests.unit.store_rows import seeded
 
 T0 = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
 
@@ -58,22 +59,13 @@ def test_amounts_are_exact_micro_credits() -> None:
 
 
 async def _store(tmp_path: Path, sandboxes: int = 1) -> tuple[Database, str, list[str]]:
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'sbx.db'}")
-    await db.migrate()
     ids = [f"sbx-{i:08d}" for i in range(sandboxes)]
+    db, org_id = await seeded(f"sqlite+aiosqlite:///{tmp_path / 'sbx.db'}", "meter-test", ids,
+                              vcpu=2, memory_mib=1024, created_at=T0)
     async with db.transaction() as s:
-        org = await accounts.create_org(s, "meter-test")
-        s.add(Template(id="tpl-base", name="base", org_id=None, vcpu=1, memory_mib=512,
-                       disk_mib=512, rootfs="/nonexistent", status="ready",
-                       created_at=repo.now()))
-        await s.flush()
         for sid in ids:
-            s.add(Sandbox(id=sid, org_id=org.id, template_id="tpl-base", state="running",
-                          vcpu=2, memory_mib=1024, disk_mib=512, network_policy={},
-                          env_vars={}, extra={}, envd_token="t", proxy_token="p",
-                          created_at=T0))
             s.add(ev(sid, "running", T0))
-    return db, org.id, ids
+    return db, org_id, ids
 
 
 async def _vcpu_seconds(db: Database, sid: str) -> float:

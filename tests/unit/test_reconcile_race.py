@@ -12,27 +12,13 @@ from sbx.config import Settings
 from sbx.core.sandboxes import SandboxService
 from sbx.node.agent import NodeAgent
 from sbx.store import repo
-from sbx.store.db import Database
-from sbx.store.models import Sandbox, Template
+from tests.unit.store_rows import seeded
 
 
 async def test_a_paused_sandbox_is_never_deleted_as_lost(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, subnet="10.254.0.0/24")
-    db = Database(settings.db_url)
-    await db.migrate()
+    db, _ = await seeded(settings.db_url, "race", ["sbx-paused00"], state="paused")
     try:
-        async with db.transaction() as s:
-            from sbx.core import accounts
-
-            org = await accounts.create_org(s, "race")
-            s.add(Template(id="tpl-base", name="base", org_id=None, vcpu=1, memory_mib=512,
-                           disk_mib=512, rootfs="/nonexistent", status="ready",
-                           created_at=repo.now()))
-            await s.flush()
-            s.add(Sandbox(id="sbx-paused00", org_id=org.id, template_id="tpl-base",
-                          state="paused", vcpu=1, memory_mib=512, disk_mib=512,
-                          network_policy={}, env_vars={}, extra={}, envd_token="t",
-                          proxy_token="p", created_at=repo.now()))
         snapshot = settings.data_dir / "snapshots" / "sbx-paused00"
         snapshot.mkdir(parents=True)
         (snapshot / "pages.img").write_bytes(b"memory")
