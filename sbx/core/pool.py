@@ -127,14 +127,19 @@ class WarmPool:
         try:
             async with svc._slot_lock, self.db.transaction() as s:
                 row = await svc._insert(s, svc.pool_org, sandbox_id, tpl, spec, "warm pool")
+            how: list[str] = []
+
+            async def up(from_snapshot: bool) -> None:
+                # Pooled only once envd answers: a claim goes straight to it.
+                how[:] = ["from template snapshot" if from_snapshot else "cold boot"]
+
             try:
-                from_snapshot = await svc._boot(row, tpl)
+                await svc._boot(row, tpl, up)
             except StartFailed as exc:
                 log.warning("warm pool: a member failed to start: %s", exc)
                 return False
             async with self.db.transaction() as s:
-                await repo.set_state(s, sandbox_id, S.STARTING, S.POOLED,
-                                     "from template snapshot" if from_snapshot else "cold boot")
+                await repo.set_state(s, sandbox_id, S.STARTING, S.POOLED, how[0])
             log.info("warm pool: %s ready (%dx%d)", sandbox_id, size.vcpu, size.memory_mib)
             return True
         finally:

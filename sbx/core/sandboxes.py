@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from sbx.core.lifecycle import LIVE, SandboxState
 from sbx.core.policy import NetworkPolicy, default_policy
 from sbx.core.security import stored_security
 from sbx.node import snapshots
-from sbx.node.agent import NodeAgent, SandboxPlan, StartFailed
+from sbx.node.agent import NodeAgent, OnUp, SandboxPlan, StartFailed
 from sbx.node.runtime.base import RuntimeState
 from sbx.store import repo
 from sbx.store.db import Database
@@ -94,6 +95,7 @@ class SandboxService:
     async def _create(
         self, org_id: str, sandbox_id: str, tpl: Template, spec: CreateSpec
     ) -> Sandbox:
+        t0 = time.perf_counter()
         # The count and the insert happen under one lock per organisation,
         # so concurrent creates never pass the limit together.
         async with self._org_locks[org_id], self._slot_lock, self.db.transaction() as s:
@@ -113,18 +115,28 @@ class SandboxService:
         if taken is not None:
             pool_token, pooled = taken
             return await self._adopt(pooled, tpl, pool_token)
+        t1 = time.perf_counter()
+        running: list[Sandbox] = []
+
+        async def up(from_snapshot: bool) -> None:
+            # Written while envd comes up: nobody knows the id before the
+            # 201, and a start that fails after this still deletes the row.
+            async with self.db.transaction() as s:
+                await repo.set_state(s, sandbox_id, S.STARTING, S.RUNNING,
+                                     "from template snapshot" if from_snapshot else "cold boot")
+                fresh = await repo.sandbox(s, sandbox_id)
+                assert fresh is not None
+                if fresh.timeout_s:
+                    fresh.timeout_at = repo.now() + timedelta(seconds=fresh.timeout_s)
+            running[:] = [fresh]
+
         try:
-            from_snapshot = await self._boot(row, tpl)
+            await self._boot(row, tpl, up)
         except StartFailed as exc:
             raise Unavailable(f"The sandbox failed to start: {exc}") from exc
-        async with self.db.transaction() as s:
-            await repo.set_state(s, sandbox_id, S.STARTING, S.RUNNING,
-                                 "from template snapshot" if from_snapshot else "cold boot")
-            fresh = await repo.sandbox(s, sandbox_id)
-            assert fresh is not None
-            if fresh.timeout_s:
-                fresh.timeout_at = repo.now() + timedelta(seconds=fresh.timeout_s)
-        return fresh
+        log.debug("create %s: admitted in %.0f ms, running after %.0f ms", sandbox_id,
+                  (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000)
+        return running[0]
 
     async def _insert(self, s: AsyncSession, org_id: str, sandbox_id: str, tpl: Template,
                       spec: CreateSpec, detail: str | None = None) -> Sandbox:
@@ -141,16 +153,15 @@ class SandboxService:
         repo.add_event(s, sandbox_id, None, S.STARTING, detail)
         return row
 
-    async def _boot(self, row: Sandbox, tpl: Template) -> bool:
-        """Start the row's sandbox; answers whether it came from a template
-        snapshot. A failure (StartFailed, or the caller going away) leaves
-        nothing: the row goes with the resources."""
+    async def _boot(self, row: Sandbox, tpl: Template, on_up: OnUp) -> None:
+        """Start the row's sandbox (on_up marks it running). A failure
+        (StartFailed, or the caller going away) leaves nothing: the row goes
+        with the resources."""
         try:
-            _, from_snapshot = await asyncio.shield(self.agent.start(self._plan(row, tpl)))
+            await asyncio.shield(self.agent.start(self._plan(row, tpl), on_up))
         except (StartFailed, asyncio.CancelledError):
             await self._forget(row.id)
             raise
-        return from_snapshot
 
     # -- the warm pool ------------------------------------------------------------
     async def _take_pooled(self, s: AsyncSession, org_id: str, tpl: Template, spec: CreateSpec
@@ -216,9 +227,12 @@ class SandboxService:
     async def _forget(self, sandbox_id: str) -> None:
         async with self.db.transaction() as s:
             row = await repo.sandbox(s, sandbox_id)
+            state: str = S.STARTING
             if row is not None:
+                # Running already, when the start failed after on_up.
+                state = row.state
                 await s.delete(row)
-            repo.add_event(s, sandbox_id, S.STARTING, S.DELETED, "failed to start")
+            repo.add_event(s, sandbox_id, state, S.DELETED, "failed to start")
 
     # -- read ------------------------------------------------------------------
     async def get(self, org_id: str | None, sandbox_id: str) -> Sandbox:
@@ -326,24 +340,28 @@ class SandboxService:
         address. Answers the sandbox and whether it was resumed (False: it
         was running already)."""
         async with self._sandbox_locks[sandbox_id]:
-            row = await self.get(org_id, sandbox_id)
-            if row.state == S.RUNNING:
-                return row, False
-            if row.state != S.PAUSED:
-                raise Conflict(f"Sandbox {sandbox_id} is {row.state}; only a paused one resumes")
-            async with self.db.session() as s:
-                tpl = await repo.template_by_id(s, row.template_id)
-            if tpl is None:
-                raise Unavailable(f"template {row.template_id} of {sandbox_id} is gone")
             async with self.db.transaction() as s:
+                # One transaction for every check (a resume is timed to the ms).
+                row = await repo.sandbox(s, sandbox_id)
+                if row is None or (org_id is not None and row.org_id != org_id):
+                    raise NotFound(f"Sandbox {sandbox_id} not found")
+                if row.state == S.RUNNING:
+                    return row, False
+                if row.state != S.PAUSED:
+                    raise Conflict(
+                        f"Sandbox {sandbox_id} is {row.state}; only a paused one resumes")
+                tpl = await repo.template_by_id(s, row.template_id)
+                if tpl is None:
+                    raise Unavailable(f"template {row.template_id} of {sandbox_id} is gone")
                 org = await repo.org_by_id(s, row.org_id)
                 assert org is not None
                 # An empty enforced wallet paused it, or would at once.
                 await billing.check_wallets(s, org, guardrails=False)
                 if not await repo.set_state(s, sandbox_id, S.PAUSED, S.UNPAUSING):
                     raise Conflict(f"Sandbox {sandbox_id} changed state; retry")
+                plan = self._plan(row, tpl)
             try:
-                await asyncio.shield(self.agent.resume(self._plan(row, tpl)))
+                await asyncio.shield(self.agent.resume(plan))
             except (StartFailed, Exception) as exc:
                 async with self.db.transaction() as s:
                     await repo.set_state(s, sandbox_id, S.UNPAUSING, S.PAUSED,

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import time
 from collections import defaultdict
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,10 @@ class SandboxPlan:
 
 class StartFailed(Exception):
     pass
+
+
+# Told that a sandbox's runtime is up (True: restored from a snapshot).
+OnUp = Callable[[bool], Awaitable[None]]
 
 
 class NodeAgent:
@@ -149,12 +153,16 @@ class NodeAgent:
         sandbox does, snapshot included."""
         return self.settings.data_dir / "egress" / sandbox_id
 
-    async def start(self, plan: SandboxPlan) -> tuple[Addressing, bool]:
+    async def start(self, plan: SandboxPlan, on_up: OnUp | None = None
+                    ) -> tuple[Addressing, bool]:
         """A new sandbox: restored from its template's snapshot for its
         visible CPUs and memory when there is one, with its identity (token,
         env, memory limit) given to envd right after; else booted cold, and
         a snapshot for next time is made in the background. Answers the
-        address and whether it came from a snapshot."""
+        address and whether it came from a snapshot. on_up(from_snapshot)
+        runs once the runtime is up, alongside the wait for envd (the
+        caller's bookkeeping then costs the create nothing); it may run
+        twice when a restore fails late and the sandbox boots cold."""
         image = self.template_snapshot(plan.rootfs, self.visible_cpus(plan.vcpu), plan.memory_mib)
         ready = plan.from_snapshot and (
             await asyncio.to_thread(snapshots.verify, image, False) is not None
@@ -168,13 +176,13 @@ class NodeAgent:
             }
             try:
                 addr = await self._bring_up(dataclasses.replace(plan, init=identity), image,
-                                            ready_s=RESTORE_READY_S)
+                                            ready_s=RESTORE_READY_S, on_up=on_up)
                 return addr, True
             except StartFailed as exc:
                 # Everything of the failed restore is gone again; a cold boot
                 # is slower but does not depend on the image.
                 log.warning("sandbox %s: restore failed (%s); booting cold", plan.id, exc)
-        addr = await self._bring_up(plan, None)
+        addr = await self._bring_up(plan, None, on_up=on_up)
         if plan.from_snapshot:
             self._background(self.build_template_snapshot(
                 plan.rootfs, self.visible_cpus(plan.vcpu), plan.memory_mib))
@@ -261,7 +269,7 @@ class NodeAgent:
 
     async def _bring_up(
         self, plan: SandboxPlan, image: Path | None, trust_store: bool = True,
-        ready_s: float | None = None,
+        ready_s: float | None = None, on_up: OnUp | None = None,
     ) -> Addressing:
         """Host resources, then the runtime (booted, or restored from image),
         then envd ready; on any failure everything made is removed again."""
@@ -350,12 +358,19 @@ class NodeAgent:
                 # The first answer envd gives is to the /init itself.
                 return await envd_probe.init_when_ready(ip, port, plan.envd_token, init)
 
-            await envd_probe.wait_ready(
+            ready = envd_probe.wait_ready(
                 ip, port,
                 min(ready_s or self.settings.envd_ready_timeout_s,
                     self.settings.envd_ready_timeout_s),
                 alive, probe=init_probe if init else None,
             )
+            if on_up is None:
+                await ready
+            else:
+                for outcome in await asyncio.gather(ready, on_up(image is not None),
+                                                    return_exceptions=True):
+                    if isinstance(outcome, BaseException):
+                        raise outcome
             marks.append(("envd+init", time.perf_counter()))
         except BaseException as exc:
             log.warning("sandbox %s failed to start: %s", plan.id, exc)
@@ -363,6 +378,8 @@ class NodeAgent:
             if isinstance(exc, Exception):
                 raise StartFailed(str(exc)) from exc
             raise
+        finally:
+            self.spares.refill()
         log.info("sandbox %s %s in %.0f ms (%s)", plan.id,
                  "booted" if image is None else "restored",
                  (marks[-1][1] - marks[0][1]) * 1000,

@@ -21,9 +21,6 @@ from sbx.node import disk
 
 log = logging.getLogger(__name__)
 
-REFILL_DELAY_S = 0.5
-
-
 class SpareDisks:
     def __init__(self, root: Path, size_mib: int, count: int) -> None:
         self.root = root
@@ -43,7 +40,10 @@ class SpareDisks:
 
     def take(self, size_mib: int, dest: Path) -> bool:
         """Move a spare of size_mib to dest (which must not exist or be an
-        empty directory); False when there is none."""
+        empty directory); False when there is none. The caller calls
+        refill() once the sandbox that took it is up: not while it restores,
+        since on two cores the mkfs would slow the restore down, and not
+        later, since the next create may come right after."""
         if size_mib != self.size_mib or not self._ready:
             return False
         spare = self._ready.pop()
@@ -54,21 +54,16 @@ class SpareDisks:
             log.warning("spare disk %s not moved to %s (%s)", spare, dest, exc)
             self._ready.append(spare)
             return False
-        finally:
-            self.refill(after_s=REFILL_DELAY_S)
         return True
 
-    def refill(self, after_s: float = 0.0) -> None:
+    def refill(self) -> None:
         if self._closing or self.count <= 0 or (
             self._filling is not None and not self._filling.done()
         ):
             return
-        self._filling = asyncio.create_task(self._fill(after_s), name="spare-disks")
+        self._filling = asyncio.create_task(self._fill(), name="spare-disks")
 
-    async def _fill(self, after_s: float) -> None:
-        # Not while the create that took the spare is restoring its sandbox:
-        # on two cores the mkfs would slow it down.
-        await asyncio.sleep(after_s)
+    async def _fill(self) -> None:
         while len(self._ready) < self.count and not self._closing:
             self._serial += 1
             path = self.root / f"{os.getpid()}-{self._serial}"
