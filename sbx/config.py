@@ -67,6 +67,15 @@ class Settings(BaseSettings):
     # Extra ranges treated like private ones (comma separated CIDRs); the
     # networks of the host's default-route interface always are.
     egress_private_extra: str = ""
+    # Template builds: the time a build may take unless the request asks for
+    # less (at most build_max_timeout_s), the disk one step's layer may
+    # write, the size of an uploaded build context (compressed), and the
+    # disk the layer cache is pruned to after each build.
+    build_timeout_s: int = 1800
+    build_max_timeout_s: int = 7200
+    build_max_layer_mib: int = 10240
+    build_max_context_mib: int = 512
+    layer_cache_mib: int = 20480
 
     @field_validator("subnet")
     @classmethod
@@ -97,6 +106,12 @@ class Settings(BaseSettings):
     @property
     def templates_dir(self) -> Path:
         return self.templates_path or self.data_dir / "templates"
+
+    @property
+    def custom_templates_dir(self) -> Path:
+        """Templates built from Dockerfiles: always this server's own (the
+        templates_path cache is for the built-in one)."""
+        return self.data_dir / "templates"
 
     @property
     def sandboxes_dir(self) -> Path:

@@ -16,6 +16,7 @@ from sbx.core import accounts, metering, templates, wallet_guard
 from sbx.core.errors import Unavailable
 from sbx.core.pool import WarmPool
 from sbx.core.sandboxes import SandboxService
+from sbx.core.template_builds import TemplateBuilds
 from sbx.egress import audit as egress_audit
 from sbx.egress.audit import AuditWriter
 from sbx.egress.control import EgressControl
@@ -38,6 +39,7 @@ class Platform:
         self.sandboxes = SandboxService(self.db, self.agent, settings)
         self.egress = EgressControl(self.db, self.agent, self.sandboxes)
         self.pool = WarmPool(self.db, self.sandboxes, settings)
+        self.templates = TemplateBuilds(self.db, self.agent, settings)
         self.ready = asyncio.Event()
         self.failure: str | None = None
         self.progress = progress or (lambda line: log.info("%s", line))
@@ -55,6 +57,7 @@ class Platform:
         # before anything else (until then their traffic is refused).
         await self.egress.resync()
         await self.sandboxes.reconcile()
+        await self.templates.recover()
         self._tasks = [
             asyncio.create_task(self._prepare(), name="prepare"),
             asyncio.create_task(self._loop(self.sandboxes.expire_due,
@@ -70,6 +73,10 @@ class Platform:
                                 name="audit-retention"),
             asyncio.create_task(self._loop(self.meter, self.settings.meter_interval_s),
                                 name="metering"),
+            # Template versions no sandbox needs any more lose their files.
+            asyncio.create_task(self._loop(self.templates.retire_unused,
+                                           self.settings.reconcile_interval_s),
+                                name="template-versions"),
         ]
 
     def check_ready(self) -> None:
@@ -143,6 +150,7 @@ class Platform:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.templates.stop()
         await self.sandboxes.stop_expiring()
         await self.agent.egress.stop()
         await self.agent.reaper.stop()

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from sbx import __version__
 from sbx.api import errors
-from sbx.api.routes import admin, egress, sandboxes, usage, v1_sandbox
+from sbx.api.routes import admin, egress, sandboxes, templates, usage, v1_sandbox
 from sbx.config import Settings
 from sbx.gateway.proxy import Gateway
 from sbx.platform import Platform
@@ -50,5 +50,6 @@ def create_app(settings: Settings, progress: Callable[[str], None] | None = None
     app.include_router(egress.router_002)
     app.include_router(usage.router)
     app.include_router(admin.router)
+    app.include_router(templates.router)
     gateway = Gateway(app, platform.sandboxes)
     return gateway

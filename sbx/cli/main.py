@@ -7,6 +7,7 @@ import click
 from sbx import __version__
 from sbx.cli.sandbox import sandbox
 from sbx.cli.server import admin, server
+from sbx.cli.template import template
 from sbx.cli.usage import usage
 
 
@@ -20,6 +21,7 @@ cli.add_command(server)
 cli.add_command(admin)
 cli.add_command(sandbox)
 cli.add_command(usage)
+cli.add_command(template)
 
 
 def main() -> None:

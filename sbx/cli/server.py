@@ -333,7 +333,11 @@ def teardown(data_dir: Path | None) -> None:
     settings = _settings(data_dir=data_dir)
 
     async def go(s: Any) -> int:
+        from sbx.templates_build.layers import LayerStore
+
         await NodeAgent(settings).shutdown_all()
+        # Mounts of a build a killed server left behind.
+        await LayerStore(settings.data_dir / "layers").recover()
         rows = await repo.sandboxes(s, None, LIVE)
         for row in rows:
             await repo.set_state(s, row.id, row.state, "deleted", "teardown")

@@ -81,5 +81,9 @@ class Unavailable(SbxError):
         self.retry_after = retry_after
 
 
+class TooLarge(SbxError):
+    status = 413
+
+
 class NotSupported(SbxError):
     status = 501

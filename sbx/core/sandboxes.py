@@ -147,6 +147,7 @@ class SandboxService:
             id=sandbox_id, org_id=org_id, template_id=tpl.id, state=S.STARTING,
             vcpu=spec.vcpu or tpl.vcpu, memory_mib=spec.memory_mib or tpl.memory_mib,
             disk_mib=tpl.disk_mib, timeout_at=None, ip_slot=slot, created_at=repo.now(),
+            rootfs=tpl.rootfs,
             **_owned(spec),
         )
         s.add(row)
@@ -214,7 +215,8 @@ class SandboxService:
     def _plan(self, row: Sandbox, tpl: Template) -> SandboxPlan:
         surface = (row.extra or {}).get("surface")
         return SandboxPlan(
-            id=row.id, rootfs=Path(tpl.rootfs), slot=row.ip_slot or 0, vcpu=row.vcpu,
+            id=row.id, rootfs=Path(row.rootfs or tpl.rootfs), slot=row.ip_slot or 0,
+            vcpu=row.vcpu,
             memory_mib=row.memory_mib, disk_mib=row.disk_mib, env=row.env_vars,
             envd_token=row.envd_token,
             network_policy=NetworkPolicy.model_validate(row.network_policy, strict=False),

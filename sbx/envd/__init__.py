@@ -3,8 +3,12 @@
 It runs as PID 1 of the sandbox and serves, on TCP port 49983:
 
 - Connect RPC (JSON codec): ``process.Process`` and ``filesystem.Filesystem``;
-- plain HTTP: ``GET /health``, ``GET|POST /files``, ``POST /init``,
-  ``GET /envs``, ``GET /metrics``.
+- plain HTTP: ``GET /health``, ``GET /ready``, ``GET|POST /files``,
+  ``POST /init``, ``GET /envs``, ``GET /metrics``.
+
+A custom template's run-time config (``/opt/sbx/template.json``: default
+environment, working directory and user, a supervised start command and its
+readiness) is read at start: see ``template`` and ``startcmd``.
 
 Standard library only and self-contained: this directory is copied into the
 sandbox root filesystem as the top-level package ``envd`` and started with

@@ -20,19 +20,30 @@ from .filesystem_service import FilesystemService
 from .httpd import Request, Response
 from .process_service import ProcessService
 from .reaper import Reaper
+from .startcmd import StartCommand
 from .state import EnvdState
+from .template import DEFAULT_START_LOG
 
 NO_STORE = [("Cache-Control", "no-store")]
 UNAUTHORIZED = "unauthorized access, please provide a valid access token"
 SERVICE_PREFIXES = ("/process.Process/", "/filesystem.Filesystem/")
+# Bound on /init's waitReady, seconds.
+MAX_WAIT_READY = 3600
 
 
 class App:
-    def __init__(self, state: EnvdState, reaper: Reaper, force_polling: bool = False) -> None:
+    def __init__(
+        self,
+        state: EnvdState,
+        reaper: Reaper,
+        force_polling: bool = False,
+        start_log: str = DEFAULT_START_LOG,
+    ) -> None:
         self.state = state
         self.router = ConnectRouter()
         self.processes = ProcessService(state, reaper)
         self.processes.register(self.router)
+        self.start_cmd = StartCommand(state, self.processes, start_log)
         self.filesystem = FilesystemService(state, force_polling)
         self.filesystem.register(self.router)
         self.files = FilesApi(state)
@@ -41,6 +52,7 @@ class App:
         self.relisten: Callable[[asyncio.StreamWriter], Awaitable[None]] | None = None
 
     def close(self) -> None:
+        self.start_cmd.stop()
         self.processes.shells.close()
         self.filesystem.close()
 
@@ -48,6 +60,10 @@ class App:
         path = req.path
         if path == "/health":
             await resp.send(204, headers=NO_STORE)
+        elif path == "/ready":
+            # Unauthenticated like /health: it tells no more than whether the
+            # template's start command is up.
+            await self._ready(req, resp)
         elif path == "/files":
             # Authenticated there: a signed URL may stand in for the token.
             await self.files.handle(req, resp)
@@ -95,7 +111,25 @@ class App:
         if error:
             await resp.send_json(400, {"code": 400, "message": error})
             return
+        wait = body.get("waitReady")
+        # The rest is applied by now: the caller may retry the /init alone.
+        if wait is not None and not await self.start_cmd.wait_ready(float(wait)):
+            await self._send_ready(resp)
+            return
         await resp.send(204, headers=NO_STORE)
+
+    async def _ready(self, req: Request, resp: Response) -> None:
+        if req.method not in ("GET", "HEAD"):
+            await resp.send(405, headers=[("Allow", "GET, HEAD")])
+            return
+        await self._send_ready(resp)
+
+    async def _send_ready(self, resp: Response) -> None:
+        if self.start_cmd.ready:
+            await resp.send_json(200, {"ready": True}, NO_STORE)
+        else:
+            reason = self.start_cmd.reason or "not ready"
+            await resp.send_json(503, {"ready": False, "reason": reason}, NO_STORE)
 
     def _apply_init(self, body: Any) -> str | None:
         """Validate everything first, then apply, so a bad request changes nothing."""
@@ -108,6 +142,12 @@ class App:
         hostname = body.get("hostname")
         memory_mib = body.get("memoryMib")
         warm = body.get("warmShells")
+        wait_ready = body.get("waitReady")
+        if wait_ready is not None and (
+            not isinstance(wait_ready, (int, float)) or isinstance(wait_ready, bool)
+            or not 0 <= wait_ready <= MAX_WAIT_READY
+        ):
+            return f"waitReady must be a number of seconds from 0 to {MAX_WAIT_READY}"
         if warm is not None and (
             not isinstance(warm, int) or isinstance(warm, bool) or not 0 <= warm <= 4
         ):

@@ -23,7 +23,7 @@ def keepalive_interval(call: Call) -> float:
 
 def resolve_user(state: EnvdState, call: Call) -> users.User:
     try:
-        return users.resolve(call.username, state.default_user)
+        return users.resolve(call.username, state.default_user, state.template_user)
     except users.UnknownUser as e:
         # E2B's envd rejects unknown users in its authentication layer.
         raise ConnectError(Code.UNAUTHENTICATED, f"invalid username: '{e.args[0]}'") from None
@@ -31,7 +31,7 @@ def resolve_user(state: EnvdState, call: Call) -> users.User:
 
 def resolve_path(state: EnvdState, path: str, user: users.User) -> str:
     try:
-        return users.expand_path(path, user, state.default_workdir)
+        return users.expand_path(path, user, state.workdir())
     except ValueError as e:
         raise ConnectError(Code.INVALID_ARGUMENT, str(e)) from None
 

@@ -152,12 +152,12 @@ class FilesApi:
             raise FilesError(401, denied)
         username = req.query.get("username") or None
         try:
-            user = users.resolve(username, self._state.default_user)
-        except users.UnknownUser:
-            raise FilesError(401, f"error looking up user '{username}'") from None
+            user = users.resolve(username, self._state.default_user, self._state.template_user)
+        except users.UnknownUser as e:
+            raise FilesError(401, f"error looking up user '{e.args[0]}'") from None
         raw_path = req.query.get("path", "")
         try:
-            path = users.expand_path(raw_path, user, self._state.default_workdir)
+            path = users.expand_path(raw_path, user, self._state.workdir())
         except ValueError as e:
             raise FilesError(400, str(e)) from None
         return user, path
@@ -258,6 +258,6 @@ class FilesApi:
         if not filename:
             raise FilesError(400, "file part without a path (filename) and no path parameter")
         try:
-            return users.expand_path(filename, user, self._state.default_workdir)
+            return users.expand_path(filename, user, self._state.workdir())
         except ValueError as e:
             raise FilesError(400, str(e)) from None

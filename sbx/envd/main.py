@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import faulthandler
 import logging
 import os
 import signal
 
+from . import template, users
 from .app import App
 from .httpd import HttpServer
 from .memguard import MemoryGuard, limit_from_secrets
@@ -48,12 +50,29 @@ def ensure_std_fds() -> None:
                 os.close(null)
 
 
+def load_template(path: str) -> template.TemplateConfig | None:
+    config = template.load(path)
+    if config is not None and config.user is not None:
+        try:
+            users.lookup_spec(config.user)
+        except users.UnknownUser:
+            # The rest of the template still applies; processes run as
+            # they would without a USER.
+            log.error("template config %s: user %r not found, ignored", path, config.user)
+            config = dataclasses.replace(config, user=None)
+    return config
+
+
 async def serve(
-    args: argparse.Namespace, token: str | None, memory_mib: int | None = None
+    args: argparse.Namespace,
+    token: str | None,
+    memory_mib: int | None = None,
+    template_path: str = template.DEFAULT_PATH,
+    start_log: str = template.DEFAULT_START_LOG,
 ) -> None:
     loop = asyncio.get_running_loop()
     state = EnvdState(access_token=token, base_env=public_env(os.environ),
-                      memory_limit_mib=memory_mib)
+                      memory_limit_mib=memory_mib, template=load_template(template_path))
     guard = MemoryGuard(lambda: state.memory_limit_mib)
     reaper = Reaper()
     reaper.start()
@@ -61,7 +80,8 @@ async def serve(
     # whose processes are not ours to kill.
     if os.getpid() == 1:
         guard.start()
-    app = App(state, reaper, force_polling=args.watch_polling)
+    app = App(state, reaper, force_polling=args.watch_polling, start_log=start_log)
+    app.start_cmd.start()
     httpd = HttpServer(app)
     await httpd.listen(args.host, args.port)
     app.relisten = httpd.relisten
@@ -73,6 +93,8 @@ async def serve(
         await stop.wait()
     finally:
         httpd.close()
+        # Before the kill: supervision would start the command again.
+        app.start_cmd.stop()
         app.processes.kill_all()
         app.close()
         reaper.stop()
@@ -95,4 +117,8 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args, token, limit_from_secrets(secrets)))
+        asyncio.run(serve(
+            args, token, limit_from_secrets(secrets),
+            template_path=secrets.get(template.PATH_ENV) or template.DEFAULT_PATH,
+            start_log=secrets.get(template.START_LOG_ENV) or template.DEFAULT_START_LOG,
+        ))

@@ -184,6 +184,8 @@ class Process:
         self.after: Callable[[], None] | None = None
         self.reaped = False
         self.finished = False
+        # Signalled through the API (SendSignal): supervision lets it be.
+        self.stopped_by_api = False
 
     # --- lifecycle -------------------------------------------------------
 

@@ -67,6 +67,29 @@ class ProcessService:
         for proc in list(self._procs.values()):
             proc.signal(signal.SIGKILL)
 
+    def launch(
+        self,
+        config: ProcessConfig,
+        tag: str | None,
+        user: users.User,
+        cwd: str,
+        env: dict[str, str],
+        listed: bool = True,
+    ) -> tuple[Process, Subscription]:
+        """Start a process of envd's own (stdin /dev/null, no PTY) and
+        subscribe to it; a listed one is visible through List/Connect/kill
+        as if a client had started it. Raises OSError when it cannot start."""
+        proc = Process(config, tag, None, False, self._forget)
+        sub = proc.subscribe()
+        try:
+            proc.spawn([config.cmd, *config.args], env, cwd, user, self._reaper)
+        except BaseException:
+            sub.close()
+            raise
+        if listed:
+            self._procs[proc.pid] = proc
+        return proc, sub
+
     def _forget(self, proc: Process) -> None:
         if self._procs.get(proc.pid) is proc:
             del self._procs[proc.pid]
@@ -112,13 +135,13 @@ class ProcessService:
 
         user = resolve_user(self._state, call)
         try:
-            cwd = users.expand_path(config.cwd or "", user, self._state.default_workdir)
+            cwd = users.expand_path(config.cwd or "", user, self._state.workdir())
         except ValueError as e:
             raise ConnectError(Code.INVALID_ARGUMENT, str(e)) from None
         if not os.path.isdir(cwd):
             raise ConnectError(Code.INVALID_ARGUMENT, f"cwd '{cwd}' does not exist")
         env = build_env(
-            self._state.base_env,
+            self._state.spawn_env(),
             user,
             {**self._state.env_vars, **config.envs},
             pty_size is not None,
@@ -168,7 +191,7 @@ class ProcessService:
         if spare is not None and not started:
             spare.discard()
         home = user.home if os.path.isdir(user.home) else "/"
-        env = build_env(self._state.base_env, user, {}, False)
+        env = build_env(self._state.spawn_env(), user, {}, False)
         proc.after = lambda: self.shells.want(key, user, env, home)
         # The next spare starts once this command is done, or has run for a
         # while: never two login profiles at once because of a spare (some,
@@ -259,6 +282,9 @@ class ProcessService:
         sig = as_enum(field(msg, "signal"), SIGNALS, "signal")
         if sig <= 0 or sig >= signal.NSIG:
             raise ConnectError(Code.INVALID_ARGUMENT, f"invalid signal {sig}")
+        # Whoever kills a supervised process (the template's start command)
+        # means it: supervision must not start it again behind their back.
+        proc.stopped_by_api = True
         proc.signal(sig)
         return {}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -108,10 +108,57 @@ def current() -> User:
     return user
 
 
-def resolve(username: str | None, default_user: str | None) -> User:
-    """The user a request acts as: the named one, else the configured default."""
-    name = username or default_user
-    return lookup(name) if name else current()
+def lookup_spec(spec: str) -> User:
+    """A Dockerfile USER: ``user[:group]``, each a name or a numeric id.
+
+    As in Docker, a numeric uid needs no passwd entry (then its group is 0
+    and its home ``/``), and an explicit group is the only group: it
+    replaces the primary one and drops the supplementary ones."""
+    _fresh_cache()
+    key = ":spec:" + spec
+    user = _cache.get(key)
+    if user is None:
+        user = _from_spec(spec)
+        _cache[key] = user
+    return user
+
+
+def _from_spec(spec: str) -> User:
+    name, _, group = spec.partition(":")
+    if name.isdigit():
+        try:
+            user = _from_pw(pwd.getpwuid(int(name)))
+        except KeyError:
+            user = User(name, int(name), 0, "/", (0,))
+    else:
+        try:
+            user = _from_pw(pwd.getpwnam(name))
+        except KeyError:
+            raise UnknownUser(spec) from None
+    if not group:
+        return user
+    if group.isdigit():
+        gid = int(group)
+    else:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise UnknownUser(spec) from None
+    return replace(user, gid=gid, groups=(gid,))
+
+
+def resolve(
+    username: str | None, default_user: str | None, template_user: str | None = None
+) -> User:
+    """The user a request acts as: the named one, else the template's USER,
+    else /init's default, else envd's own. The template's wins over /init's
+    because the E2B surface always sends defaultUser "user", which must not
+    hide a template's USER."""
+    if username:
+        return lookup(username)
+    if template_user:
+        return lookup_spec(template_user)
+    return lookup(default_user) if default_user else current()
 
 
 def expand_path(path: str, user: User, default_workdir: str | None = None) -> str:

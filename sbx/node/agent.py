@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -94,7 +95,7 @@ class NodeAgent:
         self.fingerprint = _fingerprint(settings.runsc)
         # Template snapshots being made: their sandboxes are in no store.
         self._building: set[str] = set()
-        self._builds = 0
+        self._own_slots: set[int] = set()
         self._build_locks: defaultdict[Path, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Task[object]] = set()
         self.egress = EgressService(settings, self.table, audit or discard)
@@ -164,6 +165,15 @@ class NodeAgent:
         caller's bookkeeping then costs the create nothing); it may run
         twice when a restore fails late and the sandbox boots cold."""
         image = self.template_snapshot(plan.rootfs, self.visible_cpus(plan.vcpu), plan.memory_mib)
+        wait = start_wait(plan.rootfs)
+        if wait is not None:
+            # A custom template: its env sits beneath the sandbox's own
+            # variables only when those come in /init (a cold boot too);
+            # with a start command, envd's first answer comes once it is
+            # ready (at once after a restore: it was, in the image).
+            plan = dataclasses.replace(plan, init={
+                **(plan.init or {}), "envVars": plan.env, **({"waitReady": wait} if wait else {})})
+        wait = wait or 0.0
         ready = plan.from_snapshot and (
             await asyncio.to_thread(snapshots.verify, image, False) is not None
         )
@@ -176,16 +186,16 @@ class NodeAgent:
             }
             try:
                 addr = await self._bring_up(dataclasses.replace(plan, init=identity), image,
-                                            ready_s=RESTORE_READY_S, on_up=on_up)
+                                            ready_s=RESTORE_READY_S, wait_s=wait, on_up=on_up)
                 return addr, True
             except StartFailed as exc:
                 # Everything of the failed restore is gone again; a cold boot
                 # is slower but does not depend on the image.
                 log.warning("sandbox %s: restore failed (%s); booting cold", plan.id, exc)
-        addr = await self._bring_up(plan, None, on_up=on_up)
+        addr = await self._bring_up(plan, None, wait_s=wait, on_up=on_up)
         if plan.from_snapshot:
             self._background(self.build_template_snapshot(
-                plan.rootfs, self.visible_cpus(plan.vcpu), plan.memory_mib))
+                plan.rootfs, self.visible_cpus(plan.vcpu), plan.memory_mib, wait or 60.0))
         return addr, False
 
     async def adopt(self, plan: SandboxPlan, pool_token: str) -> None:
@@ -217,28 +227,53 @@ class NodeAgent:
         envd (or one runsc may not restore) is never used."""
         return rootfs.parent / "snapshots" / f"c{cpus}-m{memory_mib}-{self.fingerprint}"
 
+    def hold(self) -> str:
+        """A new id for a sandbox of the node's own (a template snapshot
+        being made, a template build step), in no store: the reconciler
+        leaves it alone until release()."""
+        sandbox_id = "sbx-" + secrets.token_hex(4)
+        self._building.add(sandbox_id)
+        return sandbox_id
+
+    def take_own_slot(self) -> int:
+        for index in range(self.pool.RESERVED):
+            slot = self.pool.reserved(index)
+            if slot not in self._own_slots:
+                self._own_slots.add(slot)
+                return slot
+        raise StartFailed("every address of the node's own is in use (builds, snapshots)")
+
+    def release(self, sandbox_id: str, slot: int | None) -> None:
+        self._building.discard(sandbox_id)
+        self._own_slots.discard(slot or -1)
+
     def _background(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def build_template_snapshot(self, rootfs: Path, cpus: int, memory_mib: int) -> bool:
+    async def build_template_snapshot(self, rootfs: Path, cpus: int, memory_mib: int,
+                                      ready_s: float = 60.0, strict: bool = False) -> bool:
         """Boot the template with no identity (no token, no env), wait for
-        envd, checkpoint it into a sealed image. Safe to call concurrently."""
+        envd and the template's start command (up to ready_s), checkpoint
+        it into a sealed image. Safe to call concurrently."""
         final = self.template_snapshot(rootfs, cpus, memory_mib)
         async with self._build_locks[final]:
             if await asyncio.to_thread(snapshots.verify, final, False) is not None:
                 return True
-            sandbox_id = "sbx-" + secrets.token_hex(4)
-            self._building.add(sandbox_id)
-            self._builds += 1
-            plan = SandboxPlan(
-                id=sandbox_id, rootfs=rootfs, slot=self.pool.reserved(self._builds),
-                vcpu=cpus, memory_mib=memory_mib, disk_mib=256, env={}, envd_token="",
-                network_policy=NetworkPolicy(mode=PolicyMode.DENY_ALL), from_snapshot=False,
-            )
+            sandbox_id = self.hold()
+            slot: int | None = None
             try:
+                slot = self.take_own_slot()
+                plan = SandboxPlan(
+                    id=sandbox_id, rootfs=rootfs, slot=slot,
+                    vcpu=cpus, memory_mib=memory_mib, disk_mib=256, env={}, envd_token="",
+                    network_policy=NetworkPolicy(mode=PolicyMode.DENY_ALL),
+                    from_snapshot=False,
+                )
                 addr = await self._bring_up(plan, None, trust_store=False)
+                # Sandboxes from the image get the start command running.
+                await envd_probe.started(addr.sandbox_ip, self.settings.envd_port, ready_s)
                 await envd_probe.prepare_snapshot(addr.sandbox_ip, self.settings.envd_port, "")
                 tmp = await asyncio.to_thread(snapshots.staging, final)
                 try:
@@ -262,17 +297,20 @@ class NodeAgent:
                 return True
             except Exception as exc:
                 log.warning("template snapshot %s failed: %s", final, exc)
+                if strict:
+                    raise
                 return False
             finally:
                 await self.stop(sandbox_id)
-                self._building.discard(sandbox_id)
+                self.release(sandbox_id, slot)
 
     async def _bring_up(
         self, plan: SandboxPlan, image: Path | None, trust_store: bool = True,
-        ready_s: float | None = None, on_up: OnUp | None = None,
+        ready_s: float | None = None, wait_s: float = 0.0, on_up: OnUp | None = None,
     ) -> Addressing:
         """Host resources, then the runtime (booted, or restored from image),
-        then envd ready; on any failure everything made is removed again."""
+        then envd ready (plus wait_s for a start command); on any failure
+        everything made is removed again."""
         addr = self.addressing(plan.slot)
         sdir = self.sandbox_dir(plan.id)
         marks = [("begin", time.perf_counter())]
@@ -361,7 +399,7 @@ class NodeAgent:
             ready = envd_probe.wait_ready(
                 ip, port,
                 min(ready_s or self.settings.envd_ready_timeout_s,
-                    self.settings.envd_ready_timeout_s),
+                    self.settings.envd_ready_timeout_s) + wait_s,
                 alive, probe=init_probe if init else None,
             )
             if on_up is None:
@@ -517,6 +555,23 @@ class NodeAgent:
         self.runtime.remove_cgroup_parents()
         await asyncio.to_thread(shutil.rmtree, self.settings.run_dir, True)
         await firewall.remove(self.table)
+
+
+def start_wait(rootfs: Path) -> float | None:
+    """Seconds a new sandbox of rootfs may wait for its template's start
+    command to be ready (0: it has none; None: not a custom template). The
+    template's run-time config, written by its build, is a small file in
+    the rootfs."""
+    try:
+        config = json.loads((rootfs / "opt/sbx/template.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    if not config.get("start_cmd"):
+        return 0.0
+    timeout = config.get("ready_timeout_s", 60)
+    return float(timeout) if isinstance(timeout, int | float) and timeout > 0 else 60.0
 
 
 def _fingerprint(runsc: str) -> str:

@@ -27,10 +27,37 @@ async def health(host: str, port: int, timeout: float = 1.0) -> bool:
         writer.close()
 
 
+async def started(host: str, port: int, deadline_s: float) -> None:
+    """Wait until envd's GET /ready says the template's start command is
+    ready (at once when there is none); TimeoutError with envd's reason."""
+    end = time.monotonic() + deadline_s
+    reason = b""
+    while time.monotonic() < end:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
+            try:
+                writer.write(b"GET /ready HTTP/1.1\r\nHost: envd\r\nConnection: close\r\n\r\n")
+                await writer.drain()
+                answer = await asyncio.wait_for(reader.read(), 5)
+            finally:
+                writer.close()
+            if answer.split(b" ", 2)[1:2] == [b"200"]:
+                return
+            reason = answer.partition(b"\r\n\r\n")[2][:500]
+        except (OSError, TimeoutError, IndexError):
+            pass
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"the start command was not ready in {deadline_s:.0f} s: "
+                       f"{reason.decode(errors='replace')}")
+
+
 async def post_init(host: str, port: int, token: str, body: dict[str, Any]) -> None:
     """POST /init to envd: settings that apply after boot (default user,
     and after a restore from a shared snapshot, the sandbox's identity)."""
-    await _post(host, port, token, "/init", json.dumps(body).encode())
+    # A waitReady init answers once the start command is ready.
+    wait = body.get("waitReady")
+    await _post(host, port, token, "/init", json.dumps(body).encode(),
+                5 + (float(wait) if isinstance(wait, int | float) else 0))
 
 
 async def prepare_snapshot(host: str, port: int, token: str) -> None:
@@ -39,7 +66,8 @@ async def prepare_snapshot(host: str, port: int, token: str) -> None:
     await _post(host, port, token, "/snapshot/prepare", b"")
 
 
-async def _post(host: str, port: int, token: str, path: str, data: bytes) -> None:
+async def _post(host: str, port: int, token: str, path: str, data: bytes,
+                answer_s: float = 5) -> None:
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
     try:
         writer.write(
@@ -49,7 +77,7 @@ async def _post(host: str, port: int, token: str, path: str, data: bytes) -> Non
             + data
         )
         await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), 5)
+        line = await asyncio.wait_for(reader.readline(), answer_s)
         parts = line.split()
         if len(parts) < 2 or parts[1] not in (b"200", b"204"):
             rest = await asyncio.wait_for(reader.read(2000), 5)

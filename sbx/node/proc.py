@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import subprocess
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -83,3 +86,35 @@ def _run_blocking(argv: tuple[str, ...], data: bytes | None, timeout: float,
             proc.wait()
             raise CommandError(argv, -9, f"timed out after {timeout}s") from None
     return proc.returncode, out or b"", err or b""
+
+
+async def stream(*argv: str, on_output: Callable[[bytes], None], timeout: float) -> int:
+    """Run argv with stdout and stderr merged into one pipe, handing each
+    chunk to on_output (on the event loop) as it comes; answers the exit
+    code. A timeout kills argv itself only: a caller whose command leaves
+    other processes behind (runsc) removes those as well."""
+    loop = asyncio.get_running_loop()
+
+    def deliver(chunk: bytes) -> None:
+        loop.call_soon_threadsafe(on_output, chunk)
+
+    return await loop.run_in_executor(_SPAWNER, _stream_blocking, argv, deliver, timeout)
+
+
+def _stream_blocking(argv: tuple[str, ...], deliver: Callable[[bytes], None],
+                     timeout: float) -> int:
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    out = proc.stdout
+    assert isinstance(out, io.BufferedReader)
+    # The deadline is kept by a timer: a quiet command blocks the read.
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        with proc:
+            while chunk := out.read1(65536):
+                deliver(chunk)
+            proc.wait()
+    finally:
+        timer.cancel()
+    return proc.returncode

@@ -53,6 +53,13 @@ from sbx.sdk._models import (
 )
 from sbx.sdk._pty import AsyncPty, AsyncPtyHandle, Pty, PtyHandle
 from sbx.sdk._sandbox import AsyncSandbox, Sandbox
+from sbx.sdk._templates import (
+    AsyncTemplates,
+    TemplateBuildError,
+    Templates,
+    build_template,
+    build_template_async,
+)
 from sbx.sdk._usage import get_usage, get_usage_async
 
 __all__ = [
@@ -62,6 +69,7 @@ __all__ = [
     "AsyncPty",
     "AsyncPtyHandle",
     "AsyncSandbox",
+    "AsyncTemplates",
     "AuditEntry",
     "AuditPage",
     "AuthenticationError",
@@ -90,7 +98,11 @@ __all__ = [
     "SbxError",
     "SbxTimeoutError",
     "ServerError",
+    "TemplateBuildError",
+    "Templates",
     "WriteInfo",
+    "build_template",
+    "build_template_async",
     "get_usage",
     "get_usage_async",
 ]

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -118,8 +119,46 @@ class Template(Base):
     memory_mib: Mapped[int] = mapped_column(Integer)
     disk_mib: Mapped[int] = mapped_column(Integer)
     rootfs: Mapped[str] = mapped_column(Text)
+    # ready: `version` is usable; building / failed: no version is yet.
     status: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The version new sandboxes are made from (a ready template_builds row).
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # Its run-time config (env, workdir, user, start and ready commands);
+    # None for the built-in template.
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class TemplateBuild(Base):
+    """One build of a template from a Dockerfile; a ready one is a version."""
+
+    __tablename__ = "template_builds"
+    __table_args__ = (Index("ix_template_builds_template", "template_id", "status"),
+                      UniqueConstraint("template_id", "version",
+                                       name="uq_template_builds_version"))
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    template_id: Mapped[str] = mapped_column(ForeignKey("templates.id"))
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    # building | ready | failed | cancelled | retired (its files removed)
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_line: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    dockerfile: Mapped[str] = mapped_column(Text)
+    vcpu: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    disk_mib: Mapped[int] = mapped_column(Integer)
+    rootfs: Mapped[str | None] = mapped_column(Text, nullable=True)
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Cache key of the last filesystem layer.
+    layer: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    steps: Mapped[int] = mapped_column(Integer, default=0)
+    cached_steps: Mapped[int] = mapped_column(Integer, default=0)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Sandbox(Base):
@@ -147,6 +186,9 @@ class Sandbox(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # Running time before this instant is in the ledger.
     metered_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The template version's root filesystem it was made from (a paused
+    # sandbox resumes on it after a rebuild).
+    rootfs: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class SandboxEvent(Base):

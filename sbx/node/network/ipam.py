@@ -30,8 +30,9 @@ class AddressPool:
             slot, str(ipaddress.IPv4Address(base + 1)), str(ipaddress.IPv4Address(base + 2))
         )
 
-    # The last slots are the node's own, for booting template snapshots.
-    RESERVED = 4
+    # The last slots are the node's own: template snapshots being made and
+    # template build steps.
+    RESERVED = 8
 
     def first_free(self, used: set[int]) -> int:
         for slot in range(1, self.size - self.RESERVED):

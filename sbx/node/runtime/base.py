@@ -34,6 +34,8 @@ class Launch:
     cwd: str = "/"
     # CPUs the sandbox may run on ("0", "0-1"); None: all of them.
     cpuset: str | None = None
+    uid: int = 0
+    gid: int = 0
     extra: dict[str, str] = field(default_factory=dict)
 
 

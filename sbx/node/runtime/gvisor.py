@@ -17,11 +17,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sbx.node.orphans import OrphanReaper
-from sbx.node.proc import CommandError, run
+from sbx.node.proc import CommandError, run, stream
 from sbx.node.runtime.base import Launch, RuntimeState
 
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -70,7 +71,7 @@ class GVisorRuntime:
             "ociVersion": "1.0.0",
             "process": {
                 "terminal": False,
-                "user": {"uid": 0, "gid": 0},
+                "user": {"uid": launch.uid, "gid": launch.gid},
                 "args": launch.args,
                 "env": [f"{k}={v}" for k, v in launch.env.items()],
                 "cwd": launch.cwd,
@@ -103,16 +104,26 @@ class GVisorRuntime:
             },
         }
 
-    def _launch_argv(self, launch: Launch, *command: str) -> list[str]:
+    def _launch_argv(self, launch: Launch, *command: str, overlay: bool = True,
+                     detach: bool = True) -> list[str]:
         launch.bundle.mkdir(parents=True, exist_ok=True)
         (launch.bundle / "config.json").write_text(json.dumps(self.spec(launch)))
         return [
             "unshare", "-m", "--propagation", "private",
             "sh", "-c", 'mount -t tmpfs none /proc/sys/net && exec "$@"', "sh",
             *self._flags(),
-            "--overlay2", f"root:dir={launch.disk_dir}",
-            *command, "--detach", "--bundle", str(launch.bundle), launch.id,
+            "--overlay2", f"root:dir={launch.disk_dir}" if overlay else "none",
+            *command, *(["--detach"] if detach else []), "--bundle", str(launch.bundle),
+            launch.id,
         ]
+
+    async def run_attached(self, launch: Launch, on_output: Callable[[bytes], None],
+                           timeout: float) -> int:
+        """Run launch's command to its end with no overlay: its writes go to
+        launch.rootfs itself (a template build's overlay mount). Output is
+        streamed; answers the exit code (-9 when killed)."""
+        argv = self._launch_argv(launch, "run", overlay=False, detach=False)
+        return await stream(*argv, on_output=on_output, timeout=timeout)
 
     async def start(self, launch: Launch) -> None:
         argv = self._launch_argv(launch, "run")
@@ -132,6 +143,11 @@ class GVisorRuntime:
         except BaseException:
             await self.resume(sandbox_id)
             raise
+
+    async def kill(self, sandbox_id: str) -> None:
+        """SIGKILL the sandbox's init: the container ends (no error if it
+        already has)."""
+        await run(*self._flags(), "kill", sandbox_id, "KILL", check=False)
 
     async def resume(self, sandbox_id: str) -> None:
         """Unfreeze a sandbox that checkpoint left frozen."""

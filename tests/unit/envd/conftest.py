@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from .envd_testlib import TOKEN, Envd, Rpc, Sdk, launch, stop
+from .envd_testlib import TOKEN, Envd, Rpc, Sdk, launch, make_sdk, stop
 
 
 @pytest.fixture(scope="session")
@@ -25,8 +25,12 @@ def envd() -> Iterator[Envd]:
 def envd_factory() -> Iterator[Any]:
     started: list[Envd] = []
 
-    def make(token: str | None = TOKEN, extra_args: list[str] | None = None) -> Envd:
-        server = launch(token, extra_args)
+    def make(
+        token: str | None = TOKEN,
+        extra_args: list[str] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> Envd:
+        server = launch(token, extra_args, extra_env)
         started.append(server)
         return server
 
@@ -55,18 +59,4 @@ def workdir() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def sdk(envd: Envd) -> Sdk:
-    from e2b.api.client_sync import get_envd_api
-    from e2b.connection_config import ConnectionConfig
-    from e2b.sandbox_sync.commands.command import Commands
-    from e2b.sandbox_sync.commands.pty import Pty
-    from e2b.sandbox_sync.filesystem.filesystem import Filesystem
-    from packaging.version import Version
-
-    config = ConnectionConfig(extra_sandbox_headers={"X-Access-Token": TOKEN})
-    version = Version("0.6.4")
-    api = get_envd_api(config, envd.url)
-    return Sdk(
-        commands=Commands(envd.url, config, version, api),
-        files=Filesystem(envd.url, version, config, api),
-        pty=Pty(envd.url, config, version, api),
-    )
+    return make_sdk(envd.url)

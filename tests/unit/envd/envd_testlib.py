@@ -55,12 +55,20 @@ class Envd:
         return self.log_path.read_text(errors="replace")
 
 
-def launch(token: str | None, extra_args: list[str] | None = None) -> Envd:
+def launch(
+    token: str | None,
+    extra_args: list[str] | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Envd:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SBX_ENVD_")}
     if token is not None:
         env["SBX_ENVD_ACCESS_TOKEN"] = token
     env[EXTRA_SECRET[0]] = EXTRA_SECRET[1]
     env["ENVD_TEST_MARKER"] = "inherited"
+    # Whatever this host has at envd's default paths is none of a test's business.
+    env["SBX_ENVD_TEMPLATE_CONFIG"] = "/nonexistent/sbx-test/template.json"
+    env["SBX_ENVD_START_LOG"] = "/nonexistent/sbx-test/start.log"
+    env.update(extra_env or {})
     port = free_port()
     log_fd, log_name = tempfile.mkstemp(prefix="envd-test-", suffix=".log")
     args, home = hermetic.wrap(
@@ -188,6 +196,25 @@ class Sdk:
     commands: Any
     files: Any
     pty: Any
+
+
+def make_sdk(url: str, token: str = TOKEN) -> Sdk:
+    """The e2b SDK's own envd-level clients, pointed at the envd at ``url``."""
+    from e2b.api.client_sync import get_envd_api
+    from e2b.connection_config import ConnectionConfig
+    from e2b.sandbox_sync.commands.command import Commands
+    from e2b.sandbox_sync.commands.pty import Pty
+    from e2b.sandbox_sync.filesystem.filesystem import Filesystem
+    from packaging.version import Version
+
+    config = ConnectionConfig(extra_sandbox_headers={"X-Access-Token": token})
+    version = Version("0.6.4")
+    api = get_envd_api(config, url)
+    return Sdk(
+        commands=Commands(url, config, version, api),
+        files=Filesystem(url, version, config, api),
+        pty=Pty(url, config, version, api),
+    )
 
 
 class AsyncFrames:
