@@ -7,11 +7,15 @@ until the zombie is gone: a pause or a kill then waited 1.1-1.7 s for nothing.
 The server makes itself a child subreaper, so the orphans become its
 children, and reaps them as soon as they exit.
 
-Only processes that lead their own session are reaped here: runsc starts
-its sandbox and gofer with setsid, and nothing the server spawns itself
-does, so the exit status of a child that asyncio or subprocess waits for is
-never taken from it. If the server goes, the orphans go to PID 1 again, and
-running sandboxes are not affected.
+Only processes of another session are reaped here: runsc starts its
+sandbox and gofer with setsid, and what they start in turn (systrap's stub
+processes, one per address space, orphaned when the sandbox is killed) stays
+in that session; nothing the server spawns itself leaves the server's
+session, so the exit status of a child that asyncio or subprocess waits for
+is never taken from it. (Reaping only session leaders left the stubs as
+zombies, ~4 per sandbox: with pid_max 32768 the host would run out of
+process ids after some thousands of sandboxes.) If the server goes, the
+orphans go to PID 1 again, and running sandboxes are not affected.
 """
 
 from __future__ import annotations
@@ -70,11 +74,12 @@ def _bundle(pid: int) -> str | None:
 
 
 def reap_orphans() -> list[int]:
-    """Reap every exited child that leads its own session; answers their pids."""
+    """Reap every exited child of another session; answers their pids."""
     reaped = []
+    own = os.getsid(0)
     for pid in children():
         st = _stat(pid)
-        if st is None or st[0] != "Z" or st[1] != pid:
+        if st is None or st[0] != "Z" or st[1] == own:
             continue
         with contextlib.suppress(ChildProcessError):
             if os.waitpid(pid, os.WNOHANG)[0] == pid:

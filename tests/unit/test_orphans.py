@@ -68,6 +68,29 @@ def test_orphans_are_reaped_and_own_children_are_left_alone() -> None:
     assert out.strip() == "ok"
 
 
+def test_orphans_of_another_session_are_reaped_too() -> None:
+    # As systrap's stubs: in the sandbox's session, not its leader, and
+    # orphaned when the sandbox process dies.
+    out = run("""
+        assert orphans.become_subreaper()
+        out = subprocess.run(
+            ["sh", "-c", "setsid sh -c 'sleep 0.2 </dev/null >/dev/null 2>&1 & echo $!' &"
+                         " wait"],
+            capture_output=True, text=True, check=True)
+        pid = int(out.stdout)
+        end = time.monotonic() + 5
+        while pid not in orphans.children():
+            assert time.monotonic() < end, "not adopted"
+            time.sleep(0.01)
+        st = orphans._stat(pid)
+        assert st[1] not in (pid, os.getsid(0)), st
+        assert zombie(pid)
+        assert orphans.reap_orphans() == [pid]
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
 def test_reaper_reaps_adopted_processes_at_once() -> None:
     out = run("""
         import uvloop
