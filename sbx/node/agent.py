@@ -543,7 +543,12 @@ class NodeAgent:
         present = await self.host_sandboxes()
         for sandbox_id in sorted(present - keep):
             log.info("reconcile: removing leftover sandbox %s", sandbox_id)
-            await self.forget(sandbox_id)
+            try:
+                await self.forget(sandbox_id)
+            except Exception:
+                # The next pass tries again; one stuck leftover must not
+                # stop the others going (or the server starting).
+                log.exception("reconcile: removing %s failed", sandbox_id)
         running = await self.runtime.list()
         return {s for s in keep - self._building if running.get(s) != RuntimeState.RUNNING}
 

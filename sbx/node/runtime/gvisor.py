@@ -14,6 +14,7 @@ Workarounds from docs/runtime-notes (measured on these hosts):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -27,6 +28,7 @@ from sbx.node.runtime.base import Launch, RuntimeState
 
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 _CFS_PERIOD = 100_000
+_DELETE_ATTEMPTS = 5
 
 
 class GVisorRuntime:
@@ -176,11 +178,19 @@ class GVisorRuntime:
         # skips its 100 ms polls for them to exit.
         if bundle is not None and self.reaper is not None:
             await self.reaper.kill(bundle)
-        try:
-            await run(*self._flags(), "delete", "--force", sandbox_id)
-        except CommandError as exc:
-            if "does not exist" not in exc.stderr and "not found" not in exc.stderr:
-                raise
+        for attempt in range(_DELETE_ATTEMPTS):
+            try:
+                await run(*self._flags(), "delete", "--force", sandbox_id)
+                break
+            except CommandError as exc:
+                if "does not exist" in exc.stderr or "not found" in exc.stderr:
+                    break
+                # Processes of a sandbox this server did not adopt (a build
+                # step's, after a crash) are PID 1's to reap, late on these
+                # hosts: runsc gives up waiting for them; ask again.
+                if "deadline exceeded" not in exc.stderr or attempt == _DELETE_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(1.0)
         self.remove_cgroups(sandbox_id)
 
     def prepare_cgroups(self) -> None:
