@@ -19,6 +19,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from sbx.cli.params import pairs
 from sbx.sdk import AuditEntry, Sandbox, SandboxInfo, SbxError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -80,16 +81,6 @@ def sandbox(ctx: click.Context, api_url: str | None, api_key: str | None) -> Non
     ctx.obj = Conn(api_url, api_key)
 
 
-def _parse_env(values: tuple[str, ...]) -> dict[str, str]:
-    envs: dict[str, str] = {}
-    for item in values:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--env")
-        envs[name] = value
-    return envs
-
-
 @sandbox.command("create")
 @click.option("--template", default="base", show_default=True)
 @click.option("--vcpu", type=int, default=1, show_default=True)
@@ -116,7 +107,7 @@ def create(
         vcpu=vcpu,
         memory_mib=memory_mib,
         timeout=timeout,
-        env_vars=_parse_env(env),
+        env_vars=pairs(env, "--env"),
         auto_pause=auto_pause,
         api_url=conn.api_url,
         api_key=conn.api_key,
@@ -328,7 +319,7 @@ def exec_(
     are a command and its arguments, quoted for you (`exec ID -- ls -la /`).
     """
     cmd = command[0] if len(command) == 1 else shlex.join(command)
-    envs = _parse_env(env)
+    envs = pairs(env, "--env")
     sbx = Sandbox.connect(sandbox_id, api_url=conn.api_url, api_key=conn.api_key)
     try:
         # In the background so that Ctrl-C here can kill it there, instead of

@@ -14,6 +14,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sbx.cli.params import pairs
+
 _api_url = click.option("--api-url", envvar="SBX_API_URL", default=None,
                         help="Server URL (env SBX_API_URL).")
 _api_key = click.option("--api-key", envvar="SBX_API_KEY", default=None,
@@ -23,16 +25,6 @@ _api_key = click.option("--api-key", envvar="SBX_API_KEY", default=None,
 @click.group("template")
 def template() -> None:
     """Custom templates, built from a Dockerfile (no Docker needed)."""
-
-
-def _build_args(items: tuple[str, ...]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--build-arg")
-        out[key] = value
-    return out
 
 
 class _Display:
@@ -105,7 +97,7 @@ def build(context: Path, dockerfile: Path | None, name: str, vcpu: int | None,
                 name, context, dockerfile.resolve() if dockerfile else "Dockerfile",
                 vcpu=vcpu, memory_mib=memory_mib, disk_mib=disk_mib, ready_cmd=ready_cmd,
                 ready_timeout_s=ready_timeout,
-                build_args=_build_args(build_arg), timeout_s=timeout,
+                build_args=pairs(build_arg, "--build-arg", "KEY"), timeout_s=timeout,
                 public=public or None)
             done: dict[str, Any] = {}
             try:

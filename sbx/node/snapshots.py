@@ -41,7 +41,8 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename into it) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -76,7 +77,7 @@ def seal(tmp: Path, final: Path, meta: dict[str, object] | None = None) -> Snaps
         json.dump(manifest, f)
         f.flush()
         os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():
         old = final.with_name(final.name + ".old")
         if old.exists():
@@ -86,7 +87,7 @@ def seal(tmp: Path, final: Path, meta: dict[str, object] | None = None) -> Snaps
         shutil.rmtree(old)
     else:
         tmp.rename(final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return Snapshot(final, total, float(manifest["created"]))  # type: ignore[arg-type]
 
 

@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sbx.node.proc import CommandError, run
+from sbx.node.snapshots import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +319,7 @@ class LayerStore:
             await asyncio.to_thread(shutil.rmtree, part, True)
             raise LayerError(f"{dest} appeared while flattening")
         os.rename(part, dest)
-        await asyncio.to_thread(_fsync_dir, dest.parent)
+        await asyncio.to_thread(fsync_dir, dest.parent)
 
     # -- removing --------------------------------------------------------------------
 
@@ -472,7 +473,7 @@ class LayerStore:
             self._touch(key)
             return existing
         self._generation += 1
-        await asyncio.to_thread(_fsync_dir, self.root)
+        await asyncio.to_thread(fsync_dir, self.root)
         layer = self._load(key)
         if layer is None:
             raise LayerError(f"layer {key} vanished right after its commit")
@@ -631,13 +632,5 @@ def _syncfs(path: Path) -> None:
         if _libc.syncfs(fd) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), str(path))
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
