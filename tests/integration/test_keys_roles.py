@@ -184,14 +184,16 @@ def test_admin_bodies_are_validated_and_change_nothing(admin: Admin) -> None:
 
 def test_expired_key_is_401(admin: Admin) -> None:
     name, _ = admin.new_org()
-    api = admin.key(name, expires_in_s=2)
-    cli = admin.server.admin("key", "create", "--org", name, "--expires-in", "2s")
+    # The CLI's key first: starting the CLI takes seconds on a busy host,
+    # which must not eat the API key's lifetime before its first use.
+    cli = admin.server.admin("key", "create", "--org", name, "--expires-in", "4s")
+    api = admin.key(name, expires_in_s=4)
     cli_key = cli.strip().splitlines()[-1]
     assert "expires" in cli
     with client(admin.server, api["key"]) as a, client(admin.server, cli_key) as b:
         assert a.get("/v1/sandbox/").status_code == 200
         assert b.get("/sandboxes").status_code == 200
-        time.sleep(2.5)
+        time.sleep(4.5)
         assert v1_error(a.get("/v1/sandbox/"), 401) == "API key expired"
         assert error(b.get("/sandboxes"), 401) == "API key expired"
         assert error(b.get("/admin/orgs"), 401) == "API key expired"
