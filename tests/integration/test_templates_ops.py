@@ -115,3 +115,32 @@ def test_async_sdk(sbx_server: Server, org_key: str) -> None:
             await t.delete(name)
 
     asyncio.run(go())
+
+
+def test_cli_ctrl_c_cancels_the_build(sbx_server: Server, tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM base\nRUN sleep 120\n")
+    name = f"cli-int-{os.urandom(3).hex()}"
+    env = {**os.environ, "SBX_API_URL": sbx_server.url, "SBX_API_KEY": sbx_server.api_key,
+           "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen([SBX, "template", "build", "--name", name, str(tmp_path)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env) as cli:
+        try:
+            assert cli.stdout is not None
+            seen = ""
+            deadline = time.monotonic() + 120
+            while "#2 line 2: RUN sleep 120" not in seen:
+                assert time.monotonic() < deadline and cli.poll() is None, seen
+                seen += cli.stdout.readline()
+            time.sleep(1)
+            cli.send_signal(signal.SIGINT)
+            assert cli.wait(timeout=30) == 130
+            assert "cancelling" in seen + cli.stdout.read()
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait()
+    with Templates(sbx_server.url, sbx_server.api_key) as t:
+        build = t.get(name)["builds"][0]
+        assert build["status"] == "cancelled"
+        t.delete(name)

@@ -229,8 +229,9 @@ def test_exact_after_the_meter_is_killed_mid_pass(tmp_path: Path) -> None:
             proc.stdout.close()
         assert not asyncio.run(_torn_or_inexact(url))
         passes.append(asyncio.run(_entries(url)))
-    # The meter was working when it was killed: entries kept growing.
-    assert passes[-1] > passes[0] > 0
+    # The meter was working when it was killed: entries kept growing (on a
+    # slow host the first kill may come before the first pass is done).
+    assert passes[-1] > passes[0]
 
 
 async def _entries(url: str) -> int:
