@@ -116,8 +116,6 @@ def main() -> None:
         out["create"] = {"custom": summary(custom), "base": summary(base)}
     finally:
         server.teardown()
-        subprocess.run(["runsc", "--root", str(work / "runsc-root"), "list"],
-                       capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
     b = out["build"]
