@@ -93,6 +93,8 @@ def _add_file(tar_gz: bytes, name: str, content: bytes) -> bytes:
 
 
 def _check(response: httpx.Response) -> None:
+    """Raise the API's error; the body of a sync response read first (an
+    async one, not streamed, has it already)."""
     if response.status_code >= 400:
         raise error_from_response(response.status_code, response.read(), response.headers)
 
@@ -205,8 +207,7 @@ class AsyncTemplates:
         params, headers, body = _request(name, context_dir, dockerfile, dockerfile_text,
                                          options)
         r = await self.http.post("/templates", params=params, headers=headers, content=body)
-        if r.status_code >= 400:
-            raise error_from_response(r.status_code, r.content, r.headers)
+        _check(r)
         out: dict[str, Any] = r.json()
         return out
 
@@ -234,22 +235,19 @@ class AsyncTemplates:
 
     async def cancel(self, name: str, build_id: str) -> dict[str, Any]:
         r = await self.http.post(f"/templates/{name}/builds/{build_id}/cancel")
-        if r.status_code >= 400:
-            raise error_from_response(r.status_code, r.content, r.headers)
+        _check(r)
         out: dict[str, Any] = r.json()
         return out
 
     async def list(self) -> list[dict[str, Any]]:
         r = await self.http.get("/templates")
-        if r.status_code >= 400:
-            raise error_from_response(r.status_code, r.content, r.headers)
+        _check(r)
         out: list[dict[str, Any]] = r.json()
         return out
 
     async def delete(self, name: str) -> None:
         r = await self.http.delete(f"/templates/{name}")
-        if r.status_code >= 400:
-            raise error_from_response(r.status_code, r.content, r.headers)
+        _check(r)
 
 
 def build_template(name: str, context_dir: str | Path | None = None,
