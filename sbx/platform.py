@@ -118,6 +118,12 @@ class Platform:
             await self.agent.build_template_snapshot(
                 Path(base.rootfs), self.agent.visible_cpus(int(vcpu)), int(memory)
             )
+        # A spare runtime of the first size, until creates ask for others.
+        if self.settings.prewarm_snapshots:
+            vcpu, _, memory = self.settings.prewarm_snapshots[0].partition("x")
+            self.agent.runtimes.want(self.agent.spare_key(
+                Path(base.rootfs), int(vcpu), int(memory), base.disk_mib))
+            self.agent.runtimes.refill()
         # Then the warm pool, restored from those snapshots; it runs on.
         await self.pool.run()
 
@@ -152,6 +158,7 @@ class Platform:
                 await task
         await self.templates.stop()
         await self.sandboxes.stop_expiring()
+        await self.agent.runtimes.remove_all()
         await self.agent.egress.stop()
         await self.agent.reaper.stop()
         await self.audit.stop()

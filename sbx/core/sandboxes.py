@@ -26,6 +26,7 @@ from sbx.core.security import stored_security
 from sbx.node import snapshots
 from sbx.node.agent import NodeAgent, OnUp, SandboxPlan, StartFailed
 from sbx.node.runtime.base import RuntimeState
+from sbx.node.spare_runtimes import Spare
 from sbx.store import repo
 from sbx.store.db import Database
 from sbx.store.models import Sandbox, Template
@@ -76,6 +77,7 @@ class SandboxService:
         self.on_claimed: list[Callable[[], None]] = []
         # Timeouts being acted on: one slow pause must not hold up the others.
         self._expiring: dict[str, asyncio.Task[None]] = {}
+        agent.slot_source = self._reserve_slot
 
     # -- create ----------------------------------------------------------------
     async def create(self, org_id: str, spec: CreateSpec) -> Sandbox:
@@ -85,36 +87,43 @@ class SandboxService:
             raise InvalidRequest(
                 [FieldError(spec.template_field, f"unknown template {spec.template!r}")]
             )
-        sandbox_id = ids.sandbox_id()
+        # A sandbox created ahead for this shape, when there is one: the
+        # new sandbox takes its id and address (see spare_runtimes).
+        spare = self.agent.take_spare(self.agent.spare_key(
+            Path(tpl.rootfs), spec.vcpu or tpl.vcpu, spec.memory_mib or tpl.memory_mib,
+            tpl.disk_mib))
+        sandbox_id = spare.id if spare is not None else ids.sandbox_id()
         self._starting.add(sandbox_id)
         try:
-            return await self._create(org_id, sandbox_id, tpl, spec)
+            return await self._create(org_id, sandbox_id, tpl, spec, spare)
         finally:
             self._starting.discard(sandbox_id)
 
+    async def _reserve_slot(self, holder: str) -> int:
+        """An address for a spare runtime, held by the agent (the store
+        does not know it) until a create's row takes it over."""
+        async with self._slot_lock, self.db.session() as s:
+            slot = self.agent.free_slot(await repo.used_slots(s, LIVE))
+            self.agent.hold_slot(holder, slot)
+            return slot
+
     async def _create(
-        self, org_id: str, sandbox_id: str, tpl: Template, spec: CreateSpec
+        self, org_id: str, sandbox_id: str, tpl: Template, spec: CreateSpec,
+        spare: Spare | None = None,
     ) -> Sandbox:
         t0 = time.perf_counter()
-        # The count and the insert happen under one lock per organisation,
-        # so concurrent creates never pass the limit together.
-        async with self._org_locks[org_id], self._slot_lock, self.db.transaction() as s:
-            org = await repo.org_by_id(s, org_id)
-            assert org is not None
-            tier = await limits.tier_of(s, org)
-            want = limits.template_request(
-                tpl, spec.vcpu, spec.memory_mib, spec.timeout_s, spec.guardrails
-            )
-            limits.check_size(tier, want, spec.check_session)
-            await billing.check_wallets(s, org, want.guardrails)
-            await limits.check_concurrency(s, org, tier)
-            await limits.take_create_slot(s, org, tier)
-            taken = await self._take_pooled(s, org_id, tpl, spec)
-            if taken is None:
-                row = await self._insert(s, org_id, sandbox_id, tpl, spec)
-        if taken is not None:
-            pool_token, pooled = taken
+        try:
+            admitted = await self._admit(org_id, sandbox_id, tpl, spec, spare)
+        except BaseException:
+            if spare is not None:
+                self.agent.put_back(spare)
+            raise
+        if isinstance(admitted, tuple):
+            if spare is not None:
+                self.agent.put_back(spare)
+            pool_token, pooled = admitted
             return await self._adopt(pooled, tpl, pool_token)
+        row = admitted
         t1 = time.perf_counter()
         running: list[Sandbox] = []
 
@@ -138,11 +147,36 @@ class SandboxService:
                   (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000)
         return running[0]
 
+    async def _admit(self, org_id: str, sandbox_id: str, tpl: Template, spec: CreateSpec,
+                     spare: Spare | None) -> Sandbox | tuple[str, Sandbox]:
+        """The create's checks and its row (state starting), or a pooled
+        sandbox taken for it (the pool's token and the row)."""
+        # The count and the insert happen under one lock per organisation,
+        # so concurrent creates never pass the limit together.
+        async with self._org_locks[org_id], self._slot_lock, self.db.transaction() as s:
+            org = await repo.org_by_id(s, org_id)
+            assert org is not None
+            tier = await limits.tier_of(s, org)
+            want = limits.template_request(
+                tpl, spec.vcpu, spec.memory_mib, spec.timeout_s, spec.guardrails
+            )
+            limits.check_size(tier, want, spec.check_session)
+            await billing.check_wallets(s, org, want.guardrails)
+            await limits.check_concurrency(s, org, tier)
+            await limits.take_create_slot(s, org, tier)
+            taken = await self._take_pooled(s, org_id, tpl, spec)
+            if taken is not None:
+                return taken
+            return await self._insert(s, org_id, sandbox_id, tpl, spec,
+                                      slot=spare.slot if spare is not None else None)
+
     async def _insert(self, s: AsyncSession, org_id: str, sandbox_id: str, tpl: Template,
-                      spec: CreateSpec, detail: str | None = None) -> Sandbox:
-        """A new row in state starting, with a free address slot (the caller
-        holds the slot lock)."""
-        slot = self.agent.pool.first_free(await repo.used_slots(s, LIVE))
+                      spec: CreateSpec, detail: str | None = None,
+                      slot: int | None = None) -> Sandbox:
+        """A new row in state starting, with a free address slot or the one
+        given (a spare runtime's; the caller holds the slot lock)."""
+        if slot is None:
+            slot = self.agent.free_slot(await repo.used_slots(s, LIVE))
         row = Sandbox(
             id=sandbox_id, org_id=org_id, template_id=tpl.id, state=S.STARTING,
             vcpu=spec.vcpu or tpl.vcpu, memory_mib=spec.memory_mib or tpl.memory_mib,
@@ -434,7 +468,9 @@ class SandboxService:
         keep = {r.id for r in rows if r.state != S.STARTING} | in_flight
         # A sandbox left starting by a dead server never got its 201.
         for r in rows:
-            if r.state == S.STARTING and r.id not in in_flight:
+            # (_starting as it is now: a create that began during this pass
+            # has its row starting and is no leftover.)
+            if r.state == S.STARTING and r.id not in self._starting:
                 await self.agent.stop(r.id)
                 await self._forget(r.id)
         dead = await self.agent.reconcile(keep) - in_flight

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sbx.config import Settings
+from sbx.core import ids
 from sbx.core.policy import NetworkPolicy, PolicyMode, default_policy
 from sbx.core.security import SecurityPolicy
 from sbx.egress import trust
@@ -34,6 +35,7 @@ from sbx.node.orphans import OrphanReaper
 from sbx.node.rootfs import ENVD_SRC
 from sbx.node.runtime.base import Launch, RuntimeState
 from sbx.node.runtime.gvisor import GVisorRuntime
+from sbx.node.spare_runtimes import Spare, SpareKey, SpareRuntimes
 from sbx.node.spares import SpareDisks
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,9 @@ class StartFailed(Exception):
 
 # Told that a sandbox's runtime is up (True: restored from a snapshot).
 OnUp = Callable[[bool], Awaitable[None]]
+# Gives a free address slot to the holder named (and records it with
+# hold_slot while nobody else can take one): the store knows which are used.
+SlotSource = Callable[[str], Awaitable[int]]
 
 
 class NodeAgent:
@@ -101,6 +106,13 @@ class NodeAgent:
         self.egress = EgressService(settings, self.table, audit or discard)
         self.spares = SpareDisks(settings.data_dir / "spares", settings.default_disk_mib,
                                  settings.spare_disks)
+        self.runtimes = SpareRuntimes(settings.spare_runtimes, self._make_spare,
+                                      self._drop_spare)
+        # Set by the sandbox service: spare runtimes hold an address each.
+        self.slot_source: SlotSource | None = None
+        self._held_slots: dict[str, int] = {}
+        # Spares a create took, until its start() runs.
+        self._claimed: dict[str, Spare] = {}
 
     # -- naming -----------------------------------------------------------
     def netns_name(self, sandbox_id: str) -> str:
@@ -164,6 +176,15 @@ class NodeAgent:
         runs once the runtime is up, alongside the wait for envd (the
         caller's bookkeeping then costs the create nothing); it may run
         twice when a restore fails late and the sandbox boots cold."""
+        try:
+            return await self._start(plan, on_up)
+        finally:
+            # A spare the start never got to (it failed before the restore).
+            spare = self._claimed.pop(plan.id, None)
+            if spare is not None:
+                await asyncio.shield(self._drop_spare(spare))
+
+    async def _start(self, plan: SandboxPlan, on_up: OnUp | None) -> tuple[Addressing, bool]:
         image = self.template_snapshot(plan.rootfs, self.visible_cpus(plan.vcpu), plan.memory_mib)
         wait = start_wait(plan.rootfs)
         if wait is not None:
@@ -177,6 +198,9 @@ class NodeAgent:
         ready = plan.from_snapshot and (
             await asyncio.to_thread(snapshots.verify, image, False) is not None
         )
+        if not ready and plan.id in self._claimed:
+            # A spare is made to restore into; a cold boot makes its own.
+            await self._drop_spare(self._claimed.pop(plan.id))
         if ready:
             identity = {
                 "accessToken": plan.envd_token,
@@ -247,6 +271,61 @@ class NodeAgent:
         self._building.discard(sandbox_id)
         self._own_slots.discard(slot or -1)
 
+    # -- spare runtimes (see spare_runtimes.py) ------------------------------------
+    def free_slot(self, used: set[int]) -> int:
+        """The first address slot neither the store (used) nor a spare holds."""
+        return self.pool.first_free(used | set(self._held_slots.values()))
+
+    def hold_slot(self, holder: str, slot: int) -> None:
+        self._held_slots[holder] = slot
+
+    def spare_key(self, rootfs: Path, vcpu: int, memory_mib: int, disk_mib: int) -> SpareKey:
+        image = self.template_snapshot(rootfs, self.visible_cpus(vcpu), memory_mib)
+        return SpareKey(rootfs, image, vcpu, memory_mib, disk_mib)
+
+    def take_spare(self, key: SpareKey) -> Spare | None:
+        """A created, unrestored sandbox of key's shape for a create, whose
+        sandbox takes the spare's id and slot (None: there is none). The
+        create then calls start() with that id, or put_back()."""
+        self.runtimes.want(key)
+        spare = self.runtimes.take(key)
+        if spare is not None:
+            self._claimed[spare.id] = spare
+        return spare
+
+    def put_back(self, spare: Spare) -> None:
+        if self._claimed.pop(spare.id, None) is not None:
+            self.runtimes.put_back(spare)
+
+    async def _make_spare(self, key: SpareKey) -> Spare | None:
+        if self.slot_source is None:
+            return None
+        sandbox_id = ids.sandbox_id()
+        self._building.add(sandbox_id)
+        try:
+            slot = await self.slot_source(sandbox_id)
+            t0 = time.perf_counter()
+            plan = SandboxPlan(id=sandbox_id, rootfs=key.rootfs, slot=slot, vcpu=key.vcpu,
+                               memory_mib=key.memory_mib, disk_mib=key.disk_mib, env={},
+                               envd_token="")
+            await self._host_resources(plan)
+            await self.runtime.create(self._launch(plan, restored=True))
+            self.reaper.adopt()
+            log.info("spare runtime %s (%s, %d vCPU, %d MiB) made in %.0f ms", sandbox_id,
+                     key.rootfs.parent.name, key.vcpu, key.memory_mib,
+                     (time.perf_counter() - t0) * 1000)
+            return Spare(sandbox_id, slot, key)
+        except BaseException:
+            await asyncio.shield(self.stop(sandbox_id))
+            self._building.discard(sandbox_id)
+            raise
+
+    async def _drop_spare(self, spare: Spare) -> None:
+        try:
+            await self.stop(spare.id)
+        finally:
+            self._building.discard(spare.id)
+
     def _background(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -304,6 +383,52 @@ class NodeAgent:
                 await self.stop(sandbox_id)
                 self.release(sandbox_id, slot)
 
+    async def _host_resources(self, plan: SandboxPlan) -> None:
+        """The sandbox's netns (with its veth and address) and its disk."""
+        sdir = self.sandbox_dir(plan.id)
+        addr = self.addressing(plan.slot)
+        sdir.parent.mkdir(parents=True, exist_ok=True)
+        if self.spares.take(plan.disk_mib, sdir):
+            await netns.create(self.netns_name(plan.id), self.host_if(plan.id), addr)
+        else:
+            sdir.mkdir(exist_ok=True)
+            await asyncio.gather(
+                netns.create(self.netns_name(plan.id), self.host_if(plan.id), addr),
+                disk.create(sdir / "disk.img", sdir / "upper", plan.disk_mib),
+            )
+
+    def _launch(self, plan: SandboxPlan, restored: bool) -> Launch:
+        sdir = self.sandbox_dir(plan.id)
+        env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/root",
+            "LANG": "C.UTF-8",
+            **trust.ENV,
+            **plan.env,
+            "SBX_ENVD_ACCESS_TOKEN": plan.envd_token,
+            "SBX_ENVD_MEMORY_MIB": str(plan.memory_mib),
+        }
+        return Launch(
+            id=plan.id,
+            rootfs=plan.rootfs,
+            bundle=sdir / "bundle",
+            netns=netns.NETNS_DIR / self.netns_name(plan.id),
+            disk_dir=sdir / "upper",
+            console_log=sdir / "console.log",
+            vcpu=plan.vcpu,
+            memory_mib=plan.memory_mib,
+            args=ENVD_ARGS,
+            env=env,
+            # Only a boot is pinned: the pin fixes the CPU count the sandbox
+            # sees, and a restore keeps the count of its image. Pinned, the
+            # sentry's Go runtime also gets one thread to run on
+            # (GOMAXPROCS=1), which costs a 1-vCPU sandbox ~15 ms per request
+            # (scheduling its netstack, envd and the command one after
+            # another); restored unpinned, the CFS quota alone holds it to
+            # its vcpu.
+            cpuset=None if restored else self.cpuset(plan.vcpu, plan.slot),
+        )
+
     async def _bring_up(
         self, plan: SandboxPlan, image: Path | None, trust_store: bool = True,
         ready_s: float | None = None, wait_s: float = 0.0, on_up: OnUp | None = None,
@@ -312,48 +437,14 @@ class NodeAgent:
         then envd ready (plus wait_s for a start command); on any failure
         everything made is removed again."""
         addr = self.addressing(plan.slot)
-        sdir = self.sandbox_dir(plan.id)
         marks = [("begin", time.perf_counter())]
+        # A spare (restores only) has its netns, disk and runsc sandbox made.
+        spare = self._claimed.pop(plan.id, None) if image is not None else None
         try:
-            sdir.parent.mkdir(parents=True, exist_ok=True)
-            if self.spares.take(plan.disk_mib, sdir):
-                await netns.create(self.netns_name(plan.id), self.host_if(plan.id), addr)
-            else:
-                sdir.mkdir(exist_ok=True)
-                await asyncio.gather(
-                    netns.create(self.netns_name(plan.id), self.host_if(plan.id), addr),
-                    disk.create(sdir / "disk.img", sdir / "upper", plan.disk_mib),
-                )
-            marks.append(("net+disk", time.perf_counter()))
-            env = {
-                "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "HOME": "/root",
-                "LANG": "C.UTF-8",
-                **trust.ENV,
-                **plan.env,
-                "SBX_ENVD_ACCESS_TOKEN": plan.envd_token,
-                "SBX_ENVD_MEMORY_MIB": str(plan.memory_mib),
-            }
-            launch = Launch(
-                id=plan.id,
-                rootfs=plan.rootfs,
-                bundle=sdir / "bundle",
-                netns=netns.NETNS_DIR / self.netns_name(plan.id),
-                disk_dir=sdir / "upper",
-                console_log=sdir / "console.log",
-                vcpu=plan.vcpu,
-                memory_mib=plan.memory_mib,
-                args=ENVD_ARGS,
-                env=env,
-                # Only a boot is pinned: the pin fixes the CPU count the
-                # sandbox sees, and a restore keeps the count of its image.
-                # Pinned, the sentry's Go runtime also gets one thread to run
-                # on (GOMAXPROCS=1), which costs a 1-vCPU sandbox ~15 ms per
-                # request (scheduling its netstack, envd and the command one
-                # after another); restored unpinned, the CFS quota alone
-                # holds it to its vcpu.
-                cpuset=self.cpuset(plan.vcpu, plan.slot) if image is None else None,
-            )
+            if spare is None:
+                await self._host_resources(plan)
+            marks.append(("net+disk" if spare is None else "spare", time.perf_counter()))
+            launch = self._launch(plan, restored=image is not None)
 
             async def policy() -> dict[str, str] | None:
                 # Alongside the runtime: until the sandbox's interface is
@@ -417,7 +508,12 @@ class NodeAgent:
                 raise StartFailed(str(exc)) from exc
             raise
         finally:
+            if spare is not None:
+                # Up or removed again: the store's row holds the slot now.
+                self._building.discard(plan.id)
+                self._held_slots.pop(plan.id, None)
             self.spares.refill()
+            self.runtimes.refill()
         log.info("sandbox %s %s in %.0f ms (%s)", plan.id,
                  "booted" if image is None else "restored",
                  (marks[-1][1] - marks[0][1]) * 1000,
@@ -493,6 +589,7 @@ class NodeAgent:
         safe to repeat."""
         sdir = self.sandbox_dir(sandbox_id)
         t0 = time.perf_counter()
+        self._held_slots.pop(sandbox_id, None)
         # Independent of each other; the disk only once the gofer, which
         # holds it open, is gone with the runtime.
         await asyncio.gather(
@@ -556,6 +653,7 @@ class NodeAgent:
         """Remove everything this node made on the host (uninstall, tests)."""
         for sandbox_id in sorted(await self.host_sandboxes()):
             await self.forget(sandbox_id)
+        await self.runtimes.remove_all()
         await self.spares.remove_all()
         self.runtime.remove_cgroup_parents()
         await asyncio.to_thread(shutil.rmtree, self.settings.run_dir, True)

@@ -54,7 +54,13 @@ class Runtime(Protocol):
 
     async def restore(self, launch: Launch, image_dir: Path) -> None:
         """Start a sandbox from an image made by checkpoint, in launch's
-        network namespace, disk and cgroup limits."""
+        network namespace, disk and cgroup limits; into the sandbox create()
+        made for launch.id when there is one (only the image is left to load)."""
+        ...
+
+    async def create(self, launch: Launch) -> None:
+        """Make the sandbox (processes, limits, root filesystem) without
+        running anything in it, for a later restore() to fill."""
         ...
 
     async def destroy(self, sandbox_id: str, bundle: Path | None = None) -> None:

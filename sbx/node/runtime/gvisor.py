@@ -131,6 +131,12 @@ class GVisorRuntime:
         argv = self._launch_argv(launch, "run")
         await run(*argv, stdout_path=str(launch.console_log), timeout=60)
 
+    async def create(self, launch: Launch) -> None:
+        """The sandbox made and left waiting, nothing run in it yet (see
+        spare_runtimes): processes, cgroups, seccomp, the root mount."""
+        argv = self._launch_argv(launch, "create", detach=False)
+        await run(*argv, stdout_path=str(launch.console_log), timeout=60)
+
     async def checkpoint(self, sandbox_id: str, image_dir: Path, compress: bool) -> None:
         # Frozen first, and left frozen: nothing the sandbox does after the
         # image is taken can be lost, and if sbx dies before the image is
@@ -156,6 +162,8 @@ class GVisorRuntime:
         await run(*self._flags(), "resume", sandbox_id, check=False)
 
     async def restore(self, launch: Launch, image_dir: Path) -> None:
+        # runsc restores into the container create() made under launch.id
+        # when there is one, else makes it first.
         argv = self._launch_argv(launch, "restore", "--image-path", str(image_dir))
         await run(*argv, stdout_path=str(launch.console_log), timeout=120)
 
