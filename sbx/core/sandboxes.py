@@ -318,7 +318,7 @@ class SandboxService:
                 return row
             if only_if_lost and (
                 row.state not in (S.RUNNING, S.DELETING, S.POOLED)
-                or await self.agent.runtime.state(sandbox_id) == RuntimeState.RUNNING
+                or await self.agent.runtime_state(sandbox_id) == RuntimeState.RUNNING
             ):
                 return row
             if row.state == S.STARTING:
@@ -490,14 +490,14 @@ class SandboxService:
         snap = await asyncio.to_thread(
             snapshots.verify, self.agent.snapshot_path(row.id), True
         )
-        state = await self.agent.runtime.state(row.id)
+        state = await self.agent.runtime_state(row.id)
         if row.state == S.SNAPSHOTTING:
             if snap is not None:
                 await self.agent.stop(row.id)
                 dst, why = S.PAUSED, "recovered: snapshot complete"
             else:
                 # The image never got sealed; the frozen sandbox is intact.
-                await self.agent.runtime.resume(row.id)
+                await self.agent.unfreeze(row.id)
                 await asyncio.to_thread(snapshots.remove, self.agent.snapshot_path(row.id))
                 dst, why = S.RUNNING, "recovered: pause did not complete"
         else:  # UNPAUSING

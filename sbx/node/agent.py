@@ -111,18 +111,61 @@ class NodeAgent:
         # Set by the sandbox service: spare runtimes hold an address each.
         self.slot_source: SlotSource | None = None
         self._held_slots: dict[str, int] = {}
-        # Spares a create took, until its start() runs.
+        # Spares a create or resume took, until its start or resume runs.
         self._claimed: dict[str, Spare] = {}
+        # Sandboxes resumed into a spare runtime run under the spare's id
+        # (runsc cannot rename a container): sandbox id <-> runtime id. Kept
+        # on disk too, as sandboxes/<runtime id>/sandbox-id.
+        self._rid: dict[str, str] = {}
+        self._sid: dict[str, str] = {}
 
     # -- naming -----------------------------------------------------------
+    # The host resources of a sandbox (runsc container and cgroups, netns,
+    # veth, directory) carry its runtime id: its own id, unless it was
+    # resumed into a spare runtime.
+    def rid(self, sandbox_id: str) -> str:
+        return self._rid.get(sandbox_id, sandbox_id)
+
     def netns_name(self, sandbox_id: str) -> str:
-        return self.netns_prefix + sandbox_id.removeprefix("sbx-")
+        return self.netns_prefix + self.rid(sandbox_id).removeprefix("sbx-")
 
     def host_if(self, sandbox_id: str) -> str:
-        return self.if_prefix + sandbox_id.removeprefix("sbx-")
+        return self.if_prefix + self.rid(sandbox_id).removeprefix("sbx-")
 
     def sandbox_dir(self, sandbox_id: str) -> Path:
-        return self.settings.sandboxes_dir / sandbox_id
+        return self.settings.sandboxes_dir / self.rid(sandbox_id)
+
+    def _bind(self, sandbox_id: str, rid: str) -> None:
+        """sandbox_id runs under runtime id rid from now on; written down
+        before anything runs, so a restarted server finds it again."""
+        path = self.settings.sandboxes_dir / rid / "sandbox-id"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(sandbox_id)
+        os.replace(tmp, path)
+        self._rid[sandbox_id] = rid
+        self._sid[rid] = sandbox_id
+
+    def _unbind(self, sandbox_id: str) -> None:
+        rid = self._rid.pop(sandbox_id, None)
+        if rid is not None:
+            self._sid.pop(rid, None)
+
+    def _load_bindings(self) -> None:
+        for path in self.settings.sandboxes_dir.glob("*/sandbox-id"):
+            try:
+                sandbox_id = path.read_text().strip()
+            except OSError:
+                continue
+            if sandbox_id:
+                self._rid[sandbox_id] = path.parent.name
+                self._sid[path.parent.name] = sandbox_id
+
+    async def runtime_state(self, sandbox_id: str) -> RuntimeState:
+        return await self.runtime.state(self.rid(sandbox_id))
+
+    async def unfreeze(self, sandbox_id: str) -> None:
+        """runsc resume: a sandbox a checkpoint left frozen runs on."""
+        await self.runtime.resume(self.rid(sandbox_id))
 
     def addressing(self, slot: int) -> Addressing:
         return self.pool.addressing(slot)
@@ -148,6 +191,7 @@ class NodeAgent:
             )
         self.settings.sandboxes_dir.mkdir(parents=True, exist_ok=True)
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._load_bindings)
         await self.reaper.start()
         await self.remove_spent()
         await self.spares.start()
@@ -409,7 +453,7 @@ class NodeAgent:
             "SBX_ENVD_MEMORY_MIB": str(plan.memory_mib),
         }
         return Launch(
-            id=plan.id,
+            id=self.rid(plan.id),
             rootfs=plan.rootfs,
             bundle=sdir / "bundle",
             netns=netns.NETNS_DIR / self.netns_name(plan.id),
@@ -474,7 +518,7 @@ class NodeAgent:
             marks.append(("runsc", time.perf_counter()))
 
             async def alive() -> bool:
-                state = await self.runtime.state(plan.id)
+                state = await self.runtime_state(plan.id)
                 return state in (RuntimeState.RUNNING, RuntimeState.PAUSED)
 
             init = dict(plan.init or {})
@@ -510,8 +554,8 @@ class NodeAgent:
         finally:
             if spare is not None:
                 # Up or removed again: the store's row holds the slot now.
-                self._building.discard(plan.id)
-                self._held_slots.pop(plan.id, None)
+                self._building.discard(spare.id)
+                self._held_slots.pop(spare.id, None)
             self.spares.refill()
             self.runtimes.refill()
         log.info("sandbox %s %s in %.0f ms (%s)", plan.id,
@@ -542,13 +586,14 @@ class NodeAgent:
         final = self.snapshot_path(sandbox_id)
         tmp = await asyncio.to_thread(snapshots.staging, final)
         try:
-            await self.runtime.checkpoint(sandbox_id, tmp, self.settings.snapshot_compress)
+            await self.runtime.checkpoint(self.rid(sandbox_id), tmp,
+                                          self.settings.snapshot_compress)
             marks.append(("checkpoint", time.perf_counter()))
             snap = await asyncio.to_thread(snapshots.seal, tmp, final, {"id": sandbox_id})
             marks.append(("seal", time.perf_counter()))
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, tmp, True)
-            await self.runtime.resume(sandbox_id)
+            await self.unfreeze(sandbox_id)
             raise
         await self.stop(sandbox_id)
         marks.append(("stop", time.perf_counter()))
@@ -563,7 +608,33 @@ class NodeAgent:
         final = self.snapshot_path(plan.id)
         if await asyncio.to_thread(snapshots.verify, final, False) is None:
             raise StartFailed(f"sandbox {plan.id} has no complete snapshot")
+        key = self.spare_key(plan.rootfs, plan.vcpu, plan.memory_mib, plan.disk_mib)
+        self.runtimes.want(key)
+        spare = self.runtimes.take(key)
+        if spare is not None and await self._take_on(plan, spare):
+            try:
+                return await self._bring_up(plan, final, trust_store=False)
+            except StartFailed as exc:
+                # Everything of the spare is gone again; the image is not.
+                log.warning("sandbox %s: resume into a spare failed (%s); restoring anew",
+                            plan.id, exc)
         return await self._bring_up(plan, final, trust_store=False)
+
+    async def _take_on(self, plan: SandboxPlan, spare: Spare) -> bool:
+        """The spare becomes the runtime of plan's (paused) sandbox: its
+        netns gets the sandbox's own address, and the sandbox runs under the
+        spare's runtime id from now on. False (the spare removed) on failure."""
+        try:
+            await netns.move(self.netns_name(spare.id), self.host_if(spare.id),
+                             self.addressing(plan.slot))
+            await asyncio.to_thread(self._bind, plan.id, spare.id)
+        except Exception as exc:
+            log.warning("sandbox %s: spare runtime %s not usable (%s)", plan.id, spare.id, exc)
+            self._unbind(plan.id)
+            await asyncio.shield(self._drop_spare(spare))
+            return False
+        self._claimed[plan.id] = spare
+        return True
 
     def discard_spent(self, sandbox_id: str) -> None:
         """The image a running sandbox was resumed from is spent: renamed out
@@ -588,25 +659,27 @@ class NodeAgent:
         """Remove every host resource of the sandbox except its snapshot;
         safe to repeat."""
         sdir = self.sandbox_dir(sandbox_id)
+        rid = self.rid(sandbox_id)
         t0 = time.perf_counter()
         self._held_slots.pop(sandbox_id, None)
         # Independent of each other; the disk only once the gofer, which
         # holds it open, is gone with the runtime.
         await asyncio.gather(
             self.egress.detach(sandbox_id, self.host_if(sandbox_id)),
-            self.runtime.destroy(sandbox_id, sdir / "bundle"),
+            self.runtime.destroy(rid, sdir / "bundle"),
             netns.destroy(self.netns_name(sandbox_id), self.host_if(sandbox_id)),
         )
         t1 = time.perf_counter()
         await disk.destroy(sdir / "disk.img", sdir / "upper")
         await asyncio.to_thread(shutil.rmtree, sdir, True)
+        self._unbind(sandbox_id)
         log.debug("sandbox %s stopped: runtime+net+egress %.0f, disk+files %.0f ms",
                   sandbox_id, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000)
         if not self.snapshot_path(sandbox_id).exists():
             await asyncio.to_thread(shutil.rmtree, self.egress_dir(sandbox_id), True)
 
     async def is_alive(self, sandbox_id: str, slot: int) -> bool:
-        if await self.runtime.state(sandbox_id) != RuntimeState.RUNNING:
+        if await self.runtime_state(sandbox_id) != RuntimeState.RUNNING:
             return False
         addr = self.addressing(slot)
         return await envd_probe.health(addr.sandbox_ip, self.settings.envd_port)
@@ -614,6 +687,11 @@ class NodeAgent:
     # -- reconciliation -------------------------------------------------------
     async def host_sandboxes(self) -> set[str]:
         """Sandbox IDs that have any resource on this host."""
+        found = await self._host_ids()
+        return {self._sid.get(name, name) for name in found}
+
+    async def _host_ids(self) -> set[str]:
+        # Runtime ids and sandbox ids (snapshots, egress) mixed.
         ids: set[str] = set()
         ids.update(await self.runtime.list())
         ids.update("sbx-" + n.removeprefix(self.netns_prefix) for n in
@@ -647,7 +725,8 @@ class NodeAgent:
                 # stop the others going (or the server starting).
                 log.exception("reconcile: removing %s failed", sandbox_id)
         running = await self.runtime.list()
-        return {s for s in keep - self._building if running.get(s) != RuntimeState.RUNNING}
+        return {s for s in keep - self._building
+                if running.get(self.rid(s)) != RuntimeState.RUNNING}
 
     async def shutdown_all(self) -> None:
         """Remove everything this node made on the host (uninstall, tests)."""

@@ -96,8 +96,10 @@ class Server:
             "SBX_SUBNET": self.subnet,
             "SBX_TEMPLATES_PATH": str(TEMPLATES),
             "SBX_TIMEOUT_CHECK_INTERVAL_S": "0.5",
-            # No warm pool unless a test asks: creates take the paths they test.
+            # No warm pool and no spare runtimes unless a test asks: creates
+            # take the paths they test, and the leak checks see only them.
             "SBX_WARM_POOL": "{}",
+            "SBX_SPARE_RUNTIMES": "0",
             **self.extra_env,
         }
 

@@ -59,6 +59,23 @@ async def readdress(netns: str, addr: Addressing) -> None:
     )
 
 
+async def move(netns: str, host_if: str, addr: Addressing) -> None:
+    """Give a made netns and its veth another sandbox's addresses (a spare
+    runtime taking on a resumed sandbox, which keeps its own address). runsc
+    reads them from the netns when it restores, not before."""
+    await run("ip", "-batch", "-", input="\n".join([
+        f"addr flush dev {host_if}",
+        f"neigh flush dev {host_if}",
+        f"addr add {addr.host_ip}/{addr.prefixlen} dev {host_if}",
+        f"neigh replace {addr.sandbox_ip} lladdr {SANDBOX_MAC} dev {host_if} nud permanent",
+    ]) + "\n")
+    await run("ip", "-n", netns, "-batch", "-", input="\n".join([
+        "addr flush dev eth0",
+        f"addr add {addr.sandbox_ip}/{addr.prefixlen} dev eth0",
+        f"route replace default via {addr.host_ip}",
+    ]) + "\n")
+
+
 async def destroy(netns: str, host_if: str) -> None:
     """Remove both; either may already be gone."""
     with contextlib.suppress(CommandError):

@@ -1,0 +1,214 @@
+"""Spare runtimes on real gVisor: sandboxes created ahead (`runsc create`)
+that a create or a resume restores its image into. A create takes a spare's
+id and address; a resume keeps its own id and address and runs under the
+spare's runtime id, which a restarted server finds again."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sbx import Sandbox
+from tests.integration.server import Server, how_started, leaks, mounts_of, own_server
+
+pytestmark = pytest.mark.integration
+BASE = {"template_name": "base", "vcpu": 1, "memory_mib": 512}
+SPARES = {"SBX_SPARE_RUNTIMES": "2"}
+COUNTER = ("nohup bash -c 'i=0; while true; do i=$((i+1)); echo $i > /root/n.tmp; "
+           "mv /root/n.tmp /root/n; sleep 0.05; done' >/dev/null 2>&1 &")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    with own_server(SPARES) as s:
+        yield s
+
+
+def wait_for(pred, timeout: float, step: float = 0.1) -> bool:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return bool(pred())
+
+
+def runtimes(server: Server) -> dict[str, str]:
+    """runsc containers of the node: id -> status."""
+    root = Path("/run/sbx") / server.node_tag / "runsc"
+    out = subprocess.run(["runsc", "--root", str(root), "list", "--format", "json"],
+                         capture_output=True, text=True).stdout
+    return {c["id"]: c["status"] for c in json.loads(out or "null") or []}
+
+
+def spares(server: Server) -> set[str]:
+    return {cid for cid, status in runtimes(server).items() if status == "created"}
+
+
+def bound_runtime(server: Server, sandbox_id: str) -> str | None:
+    """The runtime id a resumed sandbox runs under (None: its own)."""
+    for path in (server.data_dir / "sandboxes").glob("*/sandbox-id"):
+        if path.read_text().strip() == sandbox_id:
+            return path.parent.name
+    return None
+
+
+def traces(server: Server, name: str) -> dict[str, list[str]]:
+    short = name[4:]
+    found = {k: [v for v in vs if short in v] for k, vs in leaks(server.node_tag).items()}
+    found = {k: v for k, v in found.items() if v}
+    mounts = [m for m in mounts_of(server.data_dir) if name in m]
+    if mounts:
+        found["mounts"] = mounts
+    return found
+
+
+def counter(sb: Sandbox) -> int:
+    return int(sb.commands.run("cat /root/n").stdout)
+
+
+def state_in_db(server: Server, sandbox_id: str) -> str:
+    with sqlite3.connect(server.data_dir / "sbx.db") as db:
+        row = db.execute("SELECT state FROM sandboxes WHERE id = ?", (sandbox_id,)).fetchone()
+    return str(row[0]) if row else "gone"
+
+
+def test_create_takes_a_spare_and_another_is_made(server: Server) -> None:
+    key = server.new_org("spare-create")
+    h = {"X-API-Key": key}
+    assert wait_for(lambda: len(spares(server)) >= 1, 60), server.tail()
+    before = spares(server)
+    r = httpx.post(f"{server.url}/v1/sandbox/", json={**BASE, "env_vars": {"MINE": "a"}},
+                   headers=h, timeout=60)
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    # The sandbox is a spare of before, now restored and running.
+    assert sid in before
+    assert runtimes(server)[sid] == "running"
+    assert how_started(server, sid) == "from template snapshot"
+    with Sandbox.connect(sid, api_url=server.url, api_key=key) as sb:
+        assert sb.commands.run("echo $MINE").stdout == "a\n"
+        sb.files.write("/root/mine.txt", "first")
+    # Another one is made behind it; two creates in a row keep two.
+    assert wait_for(lambda: len(spares(server) - before) >= 1, 30), server.tail()
+    r2 = httpx.post(f"{server.url}/v1/sandbox/", json={**BASE, "env_vars": {"MINE": "b"}},
+                    headers=h, timeout=60)
+    assert r2.status_code == 201, r2.text
+    sid2 = r2.json()["id"]
+    assert sid2 != sid
+    assert r2.json()["envd_access_token"] != r.json()["envd_access_token"]
+    with Sandbox.connect(sid2, api_url=server.url, api_key=key) as sb2:
+        # Nothing of the other sandbox (a spare has run nothing of anyone).
+        assert sb2.commands.run("echo $MINE").stdout == "b\n"
+        assert not sb2.files.exists("/root/mine.txt")
+    assert wait_for(lambda: len(spares(server)) == 2, 30), spares(server)
+    for s in (sid, sid2):
+        assert httpx.delete(f"{server.url}/v1/sandbox/{s}", headers=h,
+                            timeout=60).status_code == 200
+        assert wait_for(lambda s=s: traces(server, s) == {}, 10), traces(server, s)
+
+
+def test_refused_create_leaves_the_spares_untouched(server: Server) -> None:
+    name = "spare-refused"
+    key = server.new_org(name)
+    server.admin("tier", "set", name, "--max-sandboxes", "0")
+    server.admin("org", "set", name, "--tier", name)
+    assert wait_for(lambda: len(spares(server)) >= 1, 60)
+    before = spares(server)
+    r = httpx.post(f"{server.url}/v1/sandbox/", json=BASE, headers={"X-API-Key": key},
+                   timeout=60)
+    # (Seed 000's answer to the concurrency limit.)
+    assert r.status_code == 409 and "limit reached" in r.text, r.text
+    # The spare the create took went back unused, and still serves.
+    assert spares(server) == before
+    server.admin("tier", "set", name, "--max-sandboxes", "5")
+    r = httpx.post(f"{server.url}/v1/sandbox/", json=BASE, headers={"X-API-Key": key},
+                   timeout=60)
+    assert r.status_code == 201, r.text
+    assert r.json()["id"] in before
+    httpx.delete(f"{server.url}/v1/sandbox/{r.json()['id']}", headers={"X-API-Key": key},
+                 timeout=60)
+
+
+def test_resume_into_spares_keeps_everything(server: Server) -> None:
+    key = server.new_org("spare-resume")
+    h = {"X-API-Key": key}
+    with Sandbox.create(api_url=server.url, api_key=key, vcpu=1, memory_mib=512,
+                        env_vars={"KEEP": "me"}) as sb:
+        sid = sb.sandbox_id
+        ip = httpx.get(f"{server.url}/sandboxes/{sid}", headers=h).json()["internal_ip"]
+        sb.commands.run(COUNTER)
+        pid = sb.commands.run("pgrep -f 'while true' | head -1").stdout.strip()
+        last, used = 0, set()
+        for i in range(6):
+            sb.files.write(f"/root/cycle-{i}.txt", f"cycle {i}")
+            previous = bound_runtime(server, sid) or sid
+            assert wait_for(lambda: len(spares(server)) >= 1, 30), server.tail()
+            offered = spares(server)
+            sb.pause()
+            # Nothing of it is left on the host, under either name.
+            assert traces(server, sid) == {} and traces(server, previous) == {}
+            sb.resume()
+            rid = bound_runtime(server, sid)
+            assert rid is not None and rid in offered, (rid, offered)
+            assert runtimes(server)[rid] == "running"
+            used.add(rid)
+            # Its own address, not the spare's.
+            got = httpx.get(f"{server.url}/sandboxes/{sid}", headers=h).json()
+            assert got["internal_ip"] == ip and got["state"] == "running"
+            n = counter(sb)
+            assert n >= last
+            last = n
+        assert len(used) == 6
+        for i in range(6):
+            assert sb.files.read(f"/root/cycle-{i}.txt") == f"cycle {i}"
+        assert sb.commands.run("echo $KEEP").stdout == "me\n"
+        assert sb.commands.run("pgrep -f 'while true' | head -1").stdout.strip() == pid
+        time.sleep(0.3)
+        assert counter(sb) > last
+        rid = bound_runtime(server, sid)
+        assert rid is not None
+    # Deleted: nothing under its runtime id either.
+    assert wait_for(lambda: traces(server, rid) == {} and traces(server, sid) == {}, 10)
+    assert bound_runtime(server, sid) is None
+
+
+def test_server_killed_after_a_resume_into_a_spare_finds_it_again() -> None:
+    with own_server(SPARES) as server:
+        key = server.api_key
+        h = {"X-API-Key": key}
+        with Sandbox.create(api_url=server.url, api_key=key, vcpu=1, memory_mib=512) as sb:
+            sid = sb.sandbox_id
+            sb.files.write("/root/precious.txt", "keep")
+            sb.commands.run(COUNTER)
+            assert wait_for(lambda: len(spares(server)) >= 1, 60), server.tail()
+            sb.pause()
+            sb.resume()
+            rid = bound_runtime(server, sid)
+            assert rid is not None and rid != sid
+            server.stop(signal.SIGKILL)
+            server.start()
+            # Running on, under the same runtime: the reconciler kept it.
+            assert state_in_db(server, sid) == "running"
+            time.sleep(2.5)  # two reconciler passes (every second here)
+            assert state_in_db(server, sid) == "running"
+            assert runtimes(server).get(rid) == "running"
+            assert sb.files.read("/root/precious.txt") == "keep"
+            n = counter(sb)
+            time.sleep(0.3)
+            assert counter(sb) > n
+            # And it pauses and resumes as any other.
+            r = httpx.post(f"{server.url}/v1/sandbox/{sid}/pause", headers=h, timeout=60)
+            assert r.status_code == 200, r.text
+            assert traces(server, rid) == {}
+            r = httpx.post(f"{server.url}/v1/sandbox/{sid}/resume", headers=h, timeout=60)
+            assert r.status_code == 200, r.text
+            assert sb.files.read("/root/precious.txt") == "keep"
