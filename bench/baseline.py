@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 SERVER = (
     "import os, socket\n"
@@ -151,11 +152,13 @@ def _envd_ok(ip: str, port: int = 49983) -> bool:
         return False
 
 
-def restore_template_image(image: Path, rootfs: Path, work: Path, index: int) -> float:
+def restore_template_image(image: Path, rootfs: Path, work: Path, index: int,
+                           created: bool = False) -> float:
     """The same sandbox sbx restores for a create: a bare `runsc restore` of
     sbx's own template snapshot (envd inside) into a fresh netns, until
     envd answers. No sbx process, disk image, policy or identity: runsc and
-    iproute2 only. Seconds."""
+    iproute2 only. Seconds. created: the container is `runsc create`d
+    first, untimed, as sbx's spare runtimes are (only the restore is timed)."""
     from sbx.node.agent import ENVD_ARGS
     from sbx.node.runtime.base import Launch
     from sbx.node.runtime.gvisor import GVisorRuntime
@@ -175,15 +178,16 @@ def restore_template_image(image: Path, rootfs: Path, work: Path, index: int) ->
     (bundle / "config.json").write_text(json.dumps(spec))
     try:
         b._net()
+        wrap = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                'mount -t tmpfs none /proc/sys/net && exec "$@"', "sh",
+                *b._runsc(), "--overlay2", f"root:dir={upper}"]
+        quiet: dict[str, Any] = {"check": True, "stdin": subprocess.DEVNULL,
+                                 "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        if created:
+            subprocess.run([*wrap, "create", "--bundle", str(bundle), b.cid], **quiet)
         t0 = time.perf_counter()
-        subprocess.run(
-            ["unshare", "-m", "--propagation", "private", "sh", "-c",
-             'mount -t tmpfs none /proc/sys/net && exec "$@"', "sh",
-             *b._runsc(), "--overlay2", f"root:dir={upper}", "restore", "--detach",
-             "--image-path", str(image), "--bundle", str(bundle), b.cid],
-            check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        subprocess.run([*wrap, "restore", "--detach", "--image-path", str(image),
+                        "--bundle", str(bundle), b.cid], **quiet)
         while not _envd_ok(b.ip):
             time.sleep(0.002)
         return time.perf_counter() - t0

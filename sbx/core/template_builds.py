@@ -393,6 +393,7 @@ class TemplateBuilds:
                     TemplateBuild.template_id == tpl.id,
                     TemplateBuild.status == "ready"))).scalars().all():
                 b.status = "retired"
+        await self.agent.runtimes.forget_under(self.settings.custom_templates_dir / name)
         await asyncio.to_thread(shutil.rmtree, self.settings.custom_templates_dir / name, True)
         await self._prune_layers()
 
@@ -411,6 +412,7 @@ class TemplateBuilds:
                     b.status = "retired"
                     gone.append(self.version_dir(b))
         for path in gone:
+            await self.agent.runtimes.forget_under(path)
             await asyncio.to_thread(shutil.rmtree, path, True)
 
     async def _prune_layers(self) -> None:

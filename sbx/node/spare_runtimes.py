@@ -87,6 +87,19 @@ class SpareRuntimes:
         remove_all, the reconciler removes it: it is in no store.)"""
         self._ready.append(spare)
 
+    async def forget_under(self, root: Path) -> None:
+        """No spares of root filesystems under root any more (a template
+        version or template about to be removed): wanted no longer, and
+        those ready are removed."""
+        def under(key: SpareKey) -> bool:
+            return key.rootfs == root or root in key.rootfs.parents
+
+        self._wanted = deque((k for k in self._wanted if not under(k)),
+                             maxlen=self._wanted.maxlen)
+        for spare in [s for s in self._ready if under(s.key)]:
+            self._ready.remove(spare)
+            await self._drop_quietly(spare)
+
     def refill(self) -> None:
         """Make what is missing, in the background. Called once a create is
         up, not while it restores: on two cores a runsc create alongside
@@ -152,6 +165,3 @@ class SpareRuntimes:
         spares, self._ready = self._ready, []
         for spare in spares:
             await self._drop_quietly(spare)
-
-    def reopen(self) -> None:
-        self._closing = False
