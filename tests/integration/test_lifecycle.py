@@ -12,19 +12,11 @@ import httpx
 import pytest
 
 from sbx import Sandbox
+from tests.integration.checks import runsc_ids, wait_for
 from tests.integration.server import Server, leaks
 
 pytestmark = pytest.mark.integration
 BASE = {"template_name": "base", "vcpu": 1, "memory_mib": 512}
-
-
-def wait_for(pred, timeout: float, step: float = 0.25) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return bool(pred())
 
 
 def test_timeout_deletes_and_reset_extends(api: httpx.Client) -> None:
@@ -39,12 +31,6 @@ def test_timeout_deletes_and_reset_extends(api: httpx.Client) -> None:
     assert 55 < elapsed < 70, elapsed
     assert api.get(f"/v1/sandbox/{b['id']}").json()["state"] == "running"
     assert api.delete(f"/v1/sandbox/{b['id']}").status_code == 200
-
-
-def runsc_ids(server: Server) -> list[str]:
-    root = Path("/run/sbx") / server.node_tag / "runsc"
-    return subprocess.run(["runsc", "--root", str(root), "list", "-quiet"],
-                          capture_output=True, text=True).stdout.split()
 
 
 def test_restart_keeps_sandboxes_and_crash_leaks_nothing(own_server: Server) -> None:

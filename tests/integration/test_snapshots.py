@@ -5,52 +5,25 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sqlite3
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from sbx import Sandbox
-from tests.integration.server import Server, leaks, mounts_of
+from tests.integration.checks import (
+    COUNTER,
+    counter,
+    host_traces,
+    runsc_ids,
+    state_in_db,
+    wait_for,
+)
+from tests.integration.server import Server
 
 pytestmark = pytest.mark.integration
 BASE = {"template_name": "base", "vcpu": 1, "memory_mib": 512}
-# Renamed into place, so a reader never sees a half-written number.
-COUNTER = ("nohup bash -c 'i=0; while true; do i=$((i+1)); echo $i > /root/n.tmp; "
-           "mv /root/n.tmp /root/n; sleep 0.05; done' >/dev/null 2>&1 &")
-
-
-def wait_for(pred, timeout: float, step: float = 0.2) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return bool(pred())
-
-
-def runsc_ids(server: Server) -> list[str]:
-    root = Path("/run/sbx") / server.node_tag / "runsc"
-    return subprocess.run(["runsc", "--root", str(root), "list", "-quiet"],
-                          capture_output=True, text=True).stdout.split()
-
-
-def host_traces(server: Server, sandbox_id: str) -> dict[str, list[str]]:
-    short = sandbox_id[4:]
-    found = {k: [v for v in vs if short in v] for k, vs in leaks(server.node_tag).items()}
-    found = {k: v for k, v in found.items() if v}
-    mounts = [m for m in mounts_of(server.data_dir) if sandbox_id in m]
-    if mounts:
-        found["mounts"] = mounts
-    return found
-
-
-def counter(sb: Sandbox) -> int:
-    return int(sb.commands.run("cat /root/n").stdout)
 
 
 def test_pause_resume_keeps_everything(sbx_server: Server, org_key: str) -> None:
@@ -135,12 +108,6 @@ def test_auto_pause_on_timeout(sbx_server: Server, org_key: str) -> None:
     r = httpx.post(f"{url}/resume", headers=h, json={"timeout": 60}, timeout=60)
     assert r.status_code == 201 and r.json()["state"] == "running"
     httpx.delete(url, headers=h)
-
-
-def state_in_db(server: Server, sandbox_id: str) -> str:
-    with sqlite3.connect(server.data_dir / "sbx.db") as db:
-        row = db.execute("SELECT state FROM sandboxes WHERE id = ?", (sandbox_id,)).fetchone()
-    return str(row[0]) if row else "missing"
 
 
 @pytest.mark.parametrize("kill_after_s", [0.0, 0.15])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,28 +16,18 @@ import httpx
 import pytest
 
 from sbx import Sandbox
-from tests.integration.server import Server, how_started, leaks, mounts_of, own_server
+from tests.integration.checks import COUNTER, counter, host_traces, state_in_db, wait_for
+from tests.integration.server import Server, how_started, own_server
 
 pytestmark = pytest.mark.integration
 BASE = {"template_name": "base", "vcpu": 1, "memory_mib": 512}
 SPARES = {"SBX_SPARE_RUNTIMES": "2"}
-COUNTER = ("nohup bash -c 'i=0; while true; do i=$((i+1)); echo $i > /root/n.tmp; "
-           "mv /root/n.tmp /root/n; sleep 0.05; done' >/dev/null 2>&1 &")
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
     with own_server(SPARES) as s:
         yield s
-
-
-def wait_for(pred, timeout: float, step: float = 0.1) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return bool(pred())
 
 
 def runtimes(server: Server) -> dict[str, str]:
@@ -59,26 +48,6 @@ def bound_runtime(server: Server, sandbox_id: str) -> str | None:
         if path.read_text().strip() == sandbox_id:
             return path.parent.name
     return None
-
-
-def traces(server: Server, name: str) -> dict[str, list[str]]:
-    short = name[4:]
-    found = {k: [v for v in vs if short in v] for k, vs in leaks(server.node_tag).items()}
-    found = {k: v for k, v in found.items() if v}
-    mounts = [m for m in mounts_of(server.data_dir) if name in m]
-    if mounts:
-        found["mounts"] = mounts
-    return found
-
-
-def counter(sb: Sandbox) -> int:
-    return int(sb.commands.run("cat /root/n").stdout)
-
-
-def state_in_db(server: Server, sandbox_id: str) -> str:
-    with sqlite3.connect(server.data_dir / "sbx.db") as db:
-        row = db.execute("SELECT state FROM sandboxes WHERE id = ?", (sandbox_id,)).fetchone()
-    return str(row[0]) if row else "gone"
 
 
 def test_create_takes_a_spare_and_another_is_made(server: Server) -> None:
@@ -113,7 +82,7 @@ def test_create_takes_a_spare_and_another_is_made(server: Server) -> None:
     for s in (sid, sid2):
         assert httpx.delete(f"{server.url}/v1/sandbox/{s}", headers=h,
                             timeout=60).status_code == 200
-        assert wait_for(lambda s=s: traces(server, s) == {}, 10), traces(server, s)
+        assert wait_for(lambda s=s: host_traces(server, s) == {}, 10), host_traces(server, s)
 
 
 def test_refused_create_leaves_the_spares_untouched(server: Server) -> None:
@@ -155,7 +124,7 @@ def test_resume_into_spares_keeps_everything(server: Server) -> None:
             offered = spares(server)
             sb.pause()
             # Nothing of it is left on the host, under either name.
-            assert traces(server, sid) == {} and traces(server, previous) == {}
+            assert host_traces(server, sid) == {} and host_traces(server, previous) == {}
             sb.resume()
             rid = bound_runtime(server, sid)
             assert rid is not None and rid in offered, (rid, offered)
@@ -177,7 +146,7 @@ def test_resume_into_spares_keeps_everything(server: Server) -> None:
         rid = bound_runtime(server, sid)
         assert rid is not None
     # Deleted: nothing under its runtime id either.
-    assert wait_for(lambda: traces(server, rid) == {} and traces(server, sid) == {}, 10)
+    assert wait_for(lambda: host_traces(server, rid) == {} and host_traces(server, sid) == {}, 10)
     assert bound_runtime(server, sid) is None
 
 
@@ -208,7 +177,7 @@ def test_server_killed_after_a_resume_into_a_spare_finds_it_again() -> None:
             # And it pauses and resumes as any other.
             r = httpx.post(f"{server.url}/v1/sandbox/{sid}/pause", headers=h, timeout=60)
             assert r.status_code == 200, r.text
-            assert traces(server, rid) == {}
+            assert host_traces(server, rid) == {}
             r = httpx.post(f"{server.url}/v1/sandbox/{sid}/resume", headers=h, timeout=60)
             assert r.status_code == 200, r.text
             assert sb.files.read("/root/precious.txt") == "keep"
