@@ -4,8 +4,10 @@ its data dir directly."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -162,7 +164,8 @@ def org_usage(name: str, data_dir: Path | None) -> None:
 @data_dir_option
 def pool_report(data_dir: Path | None) -> None:
     """The warm pool: members per size, the memory they reserve, and what
-    they use on the host now (memory and CPU time of their cgroups)."""
+    they use on the host now (memory and CPU time of their cgroups); and
+    the spare runtimes with their host memory."""
     from sbx.core.lifecycle import SandboxState
     from sbx.core.pool import POOL_ORG, sizes
     from sbx.store import repo
@@ -194,6 +197,24 @@ def pool_report(data_dir: Path | None) -> None:
             click.echo(f"  {sandbox_id} host_memory_mib={mem / 2**20:.1f} cpu_s={cpu:.2f}")
     click.echo(f"total host_memory_mib={total_mem / 2**20:.1f} cpu_s={total_cpu:.2f} "
                f"bound_mib={settings.warm_pool_max_mib}")
+    # Spare runtimes live in the server's memory only; runsc knows them as
+    # containers created and not started.
+    spares = _created_containers(settings.runsc, settings.run_dir / "runsc")
+    click.echo(f"spare runtimes: {len(spares)} (SBX_SPARE_RUNTIMES={settings.spare_runtimes})")
+    for sandbox_id in spares:
+        mem = _read_int(cg / "memory" / parent / sandbox_id / "memory.usage_in_bytes")
+        click.echo(f"  {sandbox_id} host_memory_mib={mem / 2**20:.1f}")
+
+
+def _created_containers(runsc: str, root: Path) -> list[str]:
+    if not root.exists():
+        return []
+    res = subprocess.run([runsc, "--root", str(root), "list", "--format", "json"],
+                         capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        return []
+    found = json.loads(res.stdout or "null") or []
+    return sorted(c["id"] for c in found if c.get("status") == "created")
 
 
 def _read_int(path: Path) -> int:

@@ -79,6 +79,12 @@ def test_create_takes_a_spare_and_another_is_made(server: Server) -> None:
         assert sb2.commands.run("echo $MINE").stdout == "b\n"
         assert not sb2.files.exists("/root/mine.txt")
     assert wait_for(lambda: len(spares(server)) == 2, 30), spares(server)
+    # The operator sees them and what they hold.
+    report = server.admin("pool")
+    assert "spare runtimes: 2 (SBX_SPARE_RUNTIMES=2)" in report, report
+    for spare in spares(server):
+        used = float(report.split(f"{spare} host_memory_mib=")[1].split()[0])
+        assert 1 < used < 200, report
     for s in (sid, sid2):
         assert httpx.delete(f"{server.url}/v1/sandbox/{s}", headers=h,
                             timeout=60).status_code == 200
