@@ -69,8 +69,9 @@ def main() -> None:
     results: dict[str, Any] = {"platform": args.platform}
 
     work = Path(tempfile.mkdtemp(prefix="sbx-bench-", dir="/var/tmp"))
+    # As sbx ships: with spare runtimes (the test harness turns them off).
     server = Server(work / "data", subnet=free_subnet(),
-                    extra_env={"SBX_PLATFORM": args.platform})
+                    extra_env={"SBX_PLATFORM": args.platform, "SBX_SPARE_RUNTIMES": "2"})
     rootfs = TEMPLATES / "base" / "rootfs"
     try:
         server.start()

@@ -87,7 +87,8 @@ def main() -> None:
     rootfs = TEMPLATES / "base" / "rootfs"
     ctx = work / "ctx"
     wheelhouse(ctx / "wheels", count=5, padding_kib=256)
-    server = Server(work / "data", subnet=free_subnet())
+    # As sbx ships: with spare runtimes (the test harness turns them off).
+    server = Server(work / "data", subnet=free_subnet(), extra_env={"SBX_SPARE_RUNTIMES": "2"})
     out: dict[str, Any] = {}
     try:
         bare = [bare_pip(rootfs, ctx / "wheels", work, i) for i in range(3)]
