@@ -473,7 +473,7 @@ class SandboxService:
             if r.state == S.STARTING and r.id not in self._starting:
                 await self.agent.stop(r.id)
                 await self._forget(r.id)
-        dead = await self.agent.reconcile(keep) - in_flight
+        dead = await self.agent.reconcile(keep, self._starting) - in_flight
         for r in rows:
             if r.id in dead and r.state in (S.RUNNING, S.DELETING, S.POOLED):
                 log.warning("sandbox %s seems gone from the host; marking it if so", r.id)

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,14 +252,19 @@ class NodeAgent:
                 "memoryMib": plan.memory_mib,
                 **(plan.init or {}),
             }
-            try:
-                addr = await self._bring_up(dataclasses.replace(plan, init=identity), image,
-                                            ready_s=RESTORE_READY_S, wait_s=wait, on_up=on_up)
-                return addr, True
-            except StartFailed as exc:
-                # Everything of the failed restore is gone again; a cold boot
-                # is slower but does not depend on the image.
-                log.warning("sandbox %s: restore failed (%s); booting cold", plan.id, exc)
+            # Into the spare runtime the create took, if any; should that one
+            # be broken, into a new sandbox; then, not depending on the
+            # image, a cold boot. Each failed try leaves nothing behind.
+            tries = ["into its spare runtime", "anew"] if plan.id in self._claimed else ["anew"]
+            for attempt in tries:
+                try:
+                    addr = await self._bring_up(dataclasses.replace(plan, init=identity), image,
+                                                ready_s=RESTORE_READY_S, wait_s=wait,
+                                                on_up=on_up)
+                    return addr, True
+                except StartFailed as exc:
+                    log.warning("sandbox %s: restore %s failed (%s)", plan.id, attempt, exc)
+            log.warning("sandbox %s: booting cold", plan.id)
         addr = await self._bring_up(plan, None, wait_s=wait, on_up=on_up)
         if plan.from_snapshot:
             self._background(self.build_template_snapshot(
@@ -711,12 +716,17 @@ class NodeAgent:
             ids.update(p.name for p in egress_root.iterdir())
         return ids
 
-    async def reconcile(self, keep: set[str]) -> set[str]:
+    async def reconcile(self, keep: set[str], in_flight: Collection[str] = ()) -> set[str]:
         """Tear down every sandbox resource not in keep; answer which of keep
-        no longer run (the caller marks those)."""
-        keep = keep | self._building
+        no longer run (the caller marks those). in_flight (the caller's live
+        set of creates under way) and the node's own sandboxes are looked at
+        when a leftover is about to go, not before the scan: whatever
+        registered itself there before making its first resource is safe
+        from a pass that began earlier."""
         present = await self.host_sandboxes()
         for sandbox_id in sorted(present - keep):
+            if sandbox_id in self._building or sandbox_id in in_flight:
+                continue
             log.info("reconcile: removing leftover sandbox %s", sandbox_id)
             try:
                 await self.forget(sandbox_id)

@@ -6,6 +6,7 @@ spare's runtime id, which a restarted server finds again."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -154,6 +155,34 @@ def test_resume_into_spares_keeps_everything(server: Server) -> None:
     # Deleted: nothing under its runtime id either.
     assert wait_for(lambda: host_traces(server, rid) == {} and host_traces(server, sid) == {}, 10)
     assert bound_runtime(server, sid) is None
+
+
+def test_a_broken_spare_costs_a_restore_not_the_create(server: Server) -> None:
+    # Last of the tests on this module's server: it leaves a broken spare.
+    key = server.new_org("spare-broken")
+    h = {"X-API-Key": key}
+    assert wait_for(lambda: len(spares(server)) == 2, 60), spares(server)
+    broken = spares(server)
+    # The spares' sandbox processes die (the host's OOM killer, an admin):
+    # the agent does not know.
+    root = Path("/run/sbx") / server.node_tag / "runsc"
+    for spare in broken:
+        state = subprocess.run(["runsc", "--root", str(root), "state", spare],
+                               capture_output=True, text=True, check=True).stdout
+        os.kill(json.loads(state)["pid"], signal.SIGKILL)
+    r = httpx.post(f"{server.url}/v1/sandbox/", json={**BASE, "env_vars": {"MINE": "c"}},
+                   headers=h, timeout=60)
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    # It kept the spare's id, and restored into a new sandbox, not cold.
+    assert sid in broken
+    assert how_started(server, sid) == "from template snapshot"
+    assert "restore into its spare runtime failed" in server.tail(20000)
+    with Sandbox.connect(sid, api_url=server.url, api_key=key) as sb:
+        assert sb.commands.run("echo $MINE").stdout == "c\n"
+    assert httpx.delete(f"{server.url}/v1/sandbox/{sid}", headers=h,
+                        timeout=60).status_code == 200
+    assert wait_for(lambda: host_traces(server, sid) == {}, 10), host_traces(server, sid)
 
 
 def test_server_killed_after_a_resume_into_a_spare_finds_it_again() -> None:
