@@ -49,16 +49,6 @@ async def create(netns: str, host_if: str, addr: Addressing) -> None:
     await run("ip", "-n", netns, "-batch", "-", input=ns_batch + "\n")
 
 
-async def readdress(netns: str, addr: Addressing) -> None:
-    """Put the sandbox's address back on eth0 (runsc moves it into its
-    netstack and it is gone from the netns after a run)."""
-    await run(
-        "ip", "-n", netns, "-batch", "-",
-        input=f"addr replace {addr.sandbox_ip}/{addr.prefixlen} dev eth0\n"
-        f"route replace default via {addr.host_ip}\n",
-    )
-
-
 async def move(netns: str, host_if: str, addr: Addressing) -> None:
     """Give a made netns and its veth another sandbox's addresses (a spare
     runtime taking on a resumed sandbox, which keeps its own address). runsc
