@@ -94,11 +94,14 @@ class SpareRuntimes:
         def under(key: SpareKey) -> bool:
             return key.rootfs == root or root in key.rootfs.parents
 
-        self._wanted = deque((k for k in self._wanted if not under(k)),
-                             maxlen=self._wanted.maxlen)
+        self._unwant(under)
         for spare in [s for s in self._ready if under(s.key)]:
             self._ready.remove(spare)
             await self._drop_quietly(spare)
+
+    def _unwant(self, pred: Callable[[SpareKey], bool]) -> None:
+        self._wanted = deque((k for k in self._wanted if not pred(k)),
+                             maxlen=self._wanted.maxlen)
 
     def refill(self) -> None:
         """Make what is missing, in the background. Called once a create is
@@ -133,8 +136,7 @@ class SpareRuntimes:
             if not key.image.exists():
                 # Its template snapshot is gone (a rebuild, a new envd):
                 # nothing to restore into a spare of it.
-                self._wanted = deque((k for k in self._wanted if k != key),
-                                     maxlen=self._wanted.maxlen)
+                self._unwant(key.__eq__)
                 continue
             try:
                 made = await self._make(key)
