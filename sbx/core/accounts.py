@@ -10,8 +10,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from sbx.core import ids, money
+from sbx.core import money
 from sbx.core.errors import Conflict, NotFound, Unauthorized
+from sbx.shared import ids
 from sbx.store import repo
 from sbx.store.models import ApiKey, GuardrailUsage, Org, Tier
 

@@ -15,11 +15,12 @@ import logging
 from dataclasses import dataclass
 
 from sbx.config import Settings
-from sbx.core import accounts, ids
+from sbx.core import accounts
 from sbx.core.lifecycle import SandboxState
 from sbx.core.sandboxes import CreateSpec, SandboxService
 from sbx.core.templates import BASE, template_id
 from sbx.node.agent import StartFailed
+from sbx.shared import ids
 from sbx.store import repo
 from sbx.store.db import Database
 from sbx.store.models import Template

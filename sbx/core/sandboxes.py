@@ -18,15 +18,16 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sbx.config import Settings
-from sbx.core import billing, ids, limits
+from sbx.core import billing, limits
 from sbx.core.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable
 from sbx.core.lifecycle import LIVE, SandboxState
-from sbx.core.policy import NetworkPolicy, default_policy
-from sbx.core.security import stored_security
 from sbx.node import snapshots
 from sbx.node.agent import NodeAgent, OnUp, SandboxPlan, StartFailed
 from sbx.node.runtime.base import RuntimeState
 from sbx.node.spare_runtimes import Spare
+from sbx.shared import ids
+from sbx.shared.policy import NetworkPolicy, default_policy
+from sbx.shared.security import stored_security
 from sbx.store import repo
 from sbx.store.db import Database
 from sbx.store.models import Sandbox, Template

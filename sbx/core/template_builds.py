@@ -35,9 +35,9 @@ from sbx.core import build_log, limits
 from sbx.core.accounts import KeyAuth
 from sbx.core.errors import Conflict, FieldError, Forbidden, InvalidRequest, NotFound
 from sbx.core.lifecycle import LIVE
-from sbx.core.policy import NetworkPolicy, default_policy
 from sbx.core.templates import BASE, template_id
 from sbx.node.agent import NodeAgent
+from sbx.shared.policy import NetworkPolicy, default_policy
 from sbx.store import repo
 from sbx.store.db import Database
 from sbx.store.models import Sandbox, Template, TemplateBuild

@@ -19,10 +19,10 @@ from sqlalchemy import update
 
 from sbx.core.errors import Conflict
 from sbx.core.lifecycle import SandboxState
-from sbx.core.policy import NetworkPolicy
 from sbx.core.sandboxes import SandboxService
-from sbx.core.security import stored_security
 from sbx.node.agent import NodeAgent
+from sbx.shared.policy import NetworkPolicy
+from sbx.shared.security import stored_security
 from sbx.store import repo
 from sbx.store.db import Database
 from sbx.store.models import Sandbox

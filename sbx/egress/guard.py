@@ -10,10 +10,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
-from sbx.core.security import SecurityPolicy
 from sbx.egress.audit import DEFAULT_RETENTION_DAYS
 from sbx.guard.injection import score_injection
 from sbx.guard.pii import Finding, find_pii, redact
+from sbx.shared.security import SecurityPolicy
 
 # Bodies are inspected up to this size; beyond it a request is not
 # inspectable and a response is judged by this much of its start.

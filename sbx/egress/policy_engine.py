@@ -21,9 +21,9 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sbx.core.policy import NetworkPolicy, PolicyMode, Transform
-from sbx.core.security import SecurityPolicy
 from sbx.egress.guard import NO_GUARD, Guard, compile_guard
+from sbx.shared.policy import NetworkPolicy, PolicyMode, Transform
+from sbx.shared.security import SecurityPolicy
 
 IPv4Net = ipaddress.IPv4Network
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address

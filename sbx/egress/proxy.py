@@ -27,7 +27,6 @@ import struct
 from collections import defaultdict
 from collections.abc import Callable
 
-from sbx.core.policy import PolicyMode
 from sbx.egress import sni
 from sbx.egress.audit import AuditEvent, AuditSink
 from sbx.egress.dns import Resolver
@@ -35,6 +34,7 @@ from sbx.egress.http_relay import HttpRelay, RelayTarget
 from sbx.egress.policy_engine import Decision, decide, normalise_host
 from sbx.egress.registry import Flow, Registry, SandboxEgress
 from sbx.egress.splice import Splice
+from sbx.shared.policy import PolicyMode
 
 log = logging.getLogger(__name__)
 

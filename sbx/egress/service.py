@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sbx.config import Settings
-from sbx.core.policy import NetworkPolicy
-from sbx.core.security import SecurityPolicy
 from sbx.egress import trust
 from sbx.egress.audit import DEFAULT_RETENTION_DAYS, AuditSink
 from sbx.egress.dns import Asker, Resolver, parse_upstream, upstream_from_resolv_conf
@@ -38,6 +36,8 @@ from sbx.egress.registry import Registry, SandboxEgress
 from sbx.egress.tls_ca import SandboxCA, upstream_context
 from sbx.node.network import firewall
 from sbx.node.proc import run
+from sbx.shared.policy import NetworkPolicy
+from sbx.shared.security import SecurityPolicy
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote
 
-from sbx.core.policy import Transform
+from sbx.shared.policy import Transform
 
 Headers = list[tuple[bytes, bytes]]
 

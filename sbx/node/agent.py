@@ -22,9 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from sbx.config import Settings
-from sbx.core import ids
-from sbx.core.policy import NetworkPolicy, PolicyMode, default_policy
-from sbx.core.security import SecurityPolicy
 from sbx.egress import trust
 from sbx.egress.audit import AuditSink, discard
 from sbx.egress.service import EgressService, SandboxNet
@@ -37,6 +34,9 @@ from sbx.node.runtime.base import Launch, RuntimeState
 from sbx.node.runtime.gvisor import GVisorRuntime
 from sbx.node.spare_runtimes import Spare, SpareKey, SpareRuntimes
 from sbx.node.spares import SpareDisks
+from sbx.shared import ids
+from sbx.shared.policy import NetworkPolicy, PolicyMode, default_policy
+from sbx.shared.security import SecurityPolicy
 
 log = logging.getLogger(__name__)
 

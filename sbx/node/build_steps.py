@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sbx.core.policy import NetworkPolicy
 from sbx.node.agent import NodeAgent
 from sbx.node.network import netns
 from sbx.node.runtime.base import Launch
+from sbx.shared.policy import NetworkPolicy
 
 log = logging.getLogger(__name__)
 

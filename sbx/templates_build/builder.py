@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sbx.core.policy import NetworkPolicy
 from sbx.node import rootfs as rootfs_mod
 from sbx.node.agent import NodeAgent
 from sbx.node.build_steps import BuildStep, StepKilled, disk_usage, run_step
+from sbx.shared.policy import NetworkPolicy
 from sbx.templates_build import dockerfile as df
 from sbx.templates_build.context import (
     BuildContext,

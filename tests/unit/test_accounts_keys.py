@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from sbx.core import accounts, ids
+from sbx.core import accounts
 from sbx.core.errors import Conflict, NotFound, Unauthorized
+from sbx.shared import ids
 from sbx.store import repo
 from sbx.store.db import Database
 from sbx.store.models import ApiKey

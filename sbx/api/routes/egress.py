@@ -13,9 +13,9 @@ from sbx.api.deps import Caller, api_key, org, platform
 from sbx.api.routes.v1_sandbox import ERRORS, out
 from sbx.api.schemas.v1 import SandboxOut
 from sbx.core.errors import FieldError, InvalidRequest, NotFound
-from sbx.core.policy import NetworkPolicy
 from sbx.core.validation import parse
 from sbx.egress import audit
+from sbx.shared.policy import NetworkPolicy
 
 router = APIRouter(prefix="/v1/sandbox", tags=["egress (v1)"])
 router_002 = APIRouter(tags=["sandboxes (seed 002, E2B)"])

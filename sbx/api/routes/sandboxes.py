@@ -31,12 +31,12 @@ from sbx.core.errors import (
 )
 from sbx.core.lifecycle import SandboxState
 from sbx.core.limits import LimitReached
-from sbx.core.policy import NetworkPolicy, default_policy
 from sbx.core.sandboxes import CreateSpec, SandboxService
 from sbx.core.security import parse_security
 from sbx.core.templates import BASE
 from sbx.core.validation import parse
 from sbx.envd import ENVD_VERSION
+from sbx.shared.policy import NetworkPolicy, default_policy
 from sbx.store.models import Sandbox
 
 router = APIRouter(tags=["sandboxes (seed 002, E2B)"])

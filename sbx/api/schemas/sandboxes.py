@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sbx.api.schemas.v1 import EnvVars
 from sbx.core.errors import FieldError, InvalidRequest
-from sbx.core.policy import NetworkPolicy, PolicyMode
+from sbx.shared.policy import NetworkPolicy, PolicyMode
 
 # A month: beyond that a "timeout" is a mistake, not a plan.
 MAX_TIMEOUT_S = 30 * 24 * 3600

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from sbx.core.policy import NetworkPolicy
+from sbx.shared.policy import NetworkPolicy
 
 
 def _env_name(v: str) -> str:

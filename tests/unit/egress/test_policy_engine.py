@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from sbx.core.policy import NetworkPolicy
 from sbx.egress.policy_engine import (
     CompiledPolicy,
     Ranges,
@@ -13,6 +12,7 @@ from sbx.egress.policy_engine import (
     decide_dns,
     normalise_host,
 )
+from sbx.shared.policy import NetworkPolicy
 
 RANGES = Ranges.for_node("10.231.0.0/16", ["192.0.2.0/24"])
 

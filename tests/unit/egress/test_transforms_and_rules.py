@@ -7,10 +7,10 @@ from pathlib import Path
 
 from cryptography import x509
 
-from sbx.core.policy import Transform
 from sbx.egress import transforms as tf
 from sbx.egress.tls_ca import SandboxCA
 from sbx.node.network import firewall
+from sbx.shared.policy import Transform
 
 
 def t(**kw: object) -> Transform:
