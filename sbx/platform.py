@@ -13,16 +13,18 @@ from pathlib import Path
 
 from sbx.config import Settings
 from sbx.core import accounts, metering, templates, wallet_guard
+from sbx.core.audit import AuditWriter
+from sbx.core.egress_control import EgressControl
 from sbx.core.errors import Unavailable
 from sbx.core.pool import WarmPool
 from sbx.core.sandboxes import SandboxService
 from sbx.core.template_builds import TemplateBuilds
-from sbx.egress import audit as egress_audit
-from sbx.egress.audit import AuditWriter
-from sbx.egress.control import EgressControl
 from sbx.node.agent import NodeAgent
+from sbx.store import audit as audit_repo
 from sbx.store import repo
 from sbx.store.db import Database
+from sbx.templates_build.builder import Builder
+from sbx.templates_build.layers import LayerStore
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +37,12 @@ class Platform:
         self.db = Database(settings.db_url)
         self.audit = AuditWriter(self.db)
         self.agent = NodeAgent(settings, audit=self.audit.submit)
-        self.audit.settings_for = self.agent.egress.audit_settings
         self.sandboxes = SandboxService(self.db, self.agent, settings)
         self.egress = EgressControl(self.db, self.agent, self.sandboxes)
         self.pool = WarmPool(self.db, self.sandboxes, settings)
-        self.templates = TemplateBuilds(self.db, self.agent, settings)
+        layers = LayerStore(settings.data_dir / "layers")
+        self.templates = TemplateBuilds(self.db, self.agent, Builder(self.agent, layers), layers,
+                                        settings)
         self.ready = asyncio.Event()
         self.failure: str | None = None
         self.progress = progress or (lambda line: log.info("%s", line))
@@ -115,15 +118,11 @@ class Platform:
         # Snapshots of the usual sizes, so that first creates are fast too.
         for size in self.settings.prewarm_snapshots:
             vcpu, _, memory = size.partition("x")
-            await self.agent.build_template_snapshot(
-                Path(base.rootfs), self.agent.visible_cpus(int(vcpu)), int(memory)
-            )
+            await self.agent.prepare_template(Path(base.rootfs), int(vcpu), int(memory))
         # A spare runtime of the first size, until creates ask for others.
         if self.settings.prewarm_snapshots:
             vcpu, _, memory = self.settings.prewarm_snapshots[0].partition("x")
-            self.agent.runtimes.want(self.agent.spare_key(
-                Path(base.rootfs), int(vcpu), int(memory), base.disk_mib))
-            self.agent.runtimes.refill()
+            self.agent.want_spares(Path(base.rootfs), int(vcpu), int(memory), base.disk_mib)
         # Then the warm pool, restored from those snapshots; it runs on.
         await self.pool.run()
 
@@ -134,7 +133,7 @@ class Platform:
         await wallet_guard.enforce(self.db, self.sandboxes)
 
     async def _purge_audit(self) -> None:
-        removed = await egress_audit.purge_expired(self.db)
+        removed = await audit_repo.purge_expired(self.db)
         if removed:
             log.info("audit retention: %d entries past their retention removed", removed)
 
@@ -158,8 +157,6 @@ class Platform:
                 await task
         await self.templates.stop()
         await self.sandboxes.stop_expiring()
-        await self.agent.runtimes.remove_all()
-        await self.agent.egress.stop()
-        await self.agent.reaper.stop()
+        await self.agent.close()
         await self.audit.stop()
         await self.db.close()

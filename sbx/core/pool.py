@@ -19,7 +19,7 @@ from sbx.core import accounts
 from sbx.core.lifecycle import SandboxState
 from sbx.core.sandboxes import CreateSpec, SandboxService
 from sbx.core.templates import BASE, template_id
-from sbx.node.agent import StartFailed
+from sbx.nodeapi.contract import StartFailed
 from sbx.shared import ids
 from sbx.store import repo
 from sbx.store.db import Database
@@ -126,8 +126,12 @@ class WarmPool:
         spec = CreateSpec(template=BASE, vcpu=size.vcpu, memory_mib=size.memory_mib,
                           timeout_s=None, surface="pool")
         try:
-            async with svc._slot_lock, self.db.transaction() as s:
-                row = await svc._insert(s, svc.pool_org, sandbox_id, tpl, spec, "warm pool")
+            try:
+                async with self.db.transaction() as s:
+                    row = await svc._insert(s, svc.pool_org, sandbox_id, tpl, spec, "warm pool")
+            except BaseException:
+                svc.node.release_slot(sandbox_id)
+                raise
             how: list[str] = []
 
             async def up(from_snapshot: bool) -> None:

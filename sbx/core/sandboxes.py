@@ -1,5 +1,5 @@
 """The sandbox service: the rules of creating, reading, timing out and
-deleting sandboxes, over the store and the node agent. Every API surface
+deleting sandboxes, over the store and a node (sbx/nodeapi/contract.py). Every API surface
 calls this one service, so a sandbox made on one surface reads the same on
 the others."""
 
@@ -21,10 +21,7 @@ from sbx.config import Settings
 from sbx.core import billing, limits
 from sbx.core.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable
 from sbx.core.lifecycle import LIVE, SandboxState
-from sbx.node import snapshots
-from sbx.node.agent import NodeAgent, OnUp, SandboxPlan, StartFailed
-from sbx.node.runtime.base import RuntimeState
-from sbx.node.spare_runtimes import Spare
+from sbx.nodeapi.contract import Node, OnUp, RuntimeState, SandboxPlan, SpareClaim, StartFailed
 from sbx.shared import ids
 from sbx.shared.policy import NetworkPolicy, default_policy
 from sbx.shared.security import stored_security
@@ -60,13 +57,12 @@ class CreateSpec:
 
 
 class SandboxService:
-    def __init__(self, db: Database, agent: NodeAgent, settings: Settings) -> None:
+    def __init__(self, db: Database, node: Node, settings: Settings) -> None:
         self.db = db
-        self.agent = agent
+        self.node = node
         self.settings = settings
         self._org_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._sandbox_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._slot_lock = asyncio.Lock()
         # Told of every sandbox about to stop running (the gateway drops its
         # cached route at once, so no new connection reaches it).
         self.on_leaving: list[Callable[[str], None]] = []
@@ -78,7 +74,6 @@ class SandboxService:
         self.on_claimed: list[Callable[[], None]] = []
         # Timeouts being acted on: one slow pause must not hold up the others.
         self._expiring: dict[str, asyncio.Task[None]] = {}
-        agent.slot_source = self._reserve_slot
 
     # -- create ----------------------------------------------------------------
     async def create(self, org_id: str, spec: CreateSpec) -> Sandbox:
@@ -90,9 +85,9 @@ class SandboxService:
             )
         # A sandbox created ahead for this shape, when there is one: the
         # new sandbox takes its id and address (see spare_runtimes).
-        spare = self.agent.take_spare(self.agent.spare_key(
+        spare = self.node.take_spare(
             Path(tpl.rootfs), spec.vcpu or tpl.vcpu, spec.memory_mib or tpl.memory_mib,
-            tpl.disk_mib))
+            tpl.disk_mib)
         sandbox_id = spare.id if spare is not None else ids.sandbox_id()
         self._starting.add(sandbox_id)
         try:
@@ -100,28 +95,22 @@ class SandboxService:
         finally:
             self._starting.discard(sandbox_id)
 
-    async def _reserve_slot(self, holder: str) -> int:
-        """An address for a spare runtime, held by the agent (the store
-        does not know it) until a create's row takes it over."""
-        async with self._slot_lock, self.db.session() as s:
-            slot = self.agent.free_slot(await repo.used_slots(s, LIVE))
-            self.agent.hold_slot(holder, slot)
-            return slot
-
     async def _create(
         self, org_id: str, sandbox_id: str, tpl: Template, spec: CreateSpec,
-        spare: Spare | None = None,
+        spare: SpareClaim | None = None,
     ) -> Sandbox:
         t0 = time.perf_counter()
         try:
             admitted = await self._admit(org_id, sandbox_id, tpl, spec, spare)
         except BaseException:
             if spare is not None:
-                self.agent.put_back(spare)
+                self.node.put_back(spare)
+            else:
+                self.node.release_slot(sandbox_id)
             raise
         if isinstance(admitted, tuple):
             if spare is not None:
-                self.agent.put_back(spare)
+                self.node.put_back(spare)
             pool_token, pooled = admitted
             return await self._adopt(pooled, tpl, pool_token)
         row = admitted
@@ -149,12 +138,12 @@ class SandboxService:
         return running[0]
 
     async def _admit(self, org_id: str, sandbox_id: str, tpl: Template, spec: CreateSpec,
-                     spare: Spare | None) -> Sandbox | tuple[str, Sandbox]:
+                     spare: SpareClaim | None) -> Sandbox | tuple[str, Sandbox]:
         """The create's checks and its row (state starting), or a pooled
         sandbox taken for it (the pool's token and the row)."""
         # The count and the insert happen under one lock per organisation,
         # so concurrent creates never pass the limit together.
-        async with self._org_locks[org_id], self._slot_lock, self.db.transaction() as s:
+        async with self._org_locks[org_id], self.db.transaction() as s:
             org = await repo.org_by_id(s, org_id)
             assert org is not None
             tier = await limits.tier_of(s, org)
@@ -174,10 +163,10 @@ class SandboxService:
     async def _insert(self, s: AsyncSession, org_id: str, sandbox_id: str, tpl: Template,
                       spec: CreateSpec, detail: str | None = None,
                       slot: int | None = None) -> Sandbox:
-        """A new row in state starting, with a free address slot or the one
-        given (a spare runtime's; the caller holds the slot lock)."""
+        """A new row in state starting, with a free address slot of the node
+        or the one given (a spare runtime's)."""
         if slot is None:
-            slot = self.agent.free_slot(await repo.used_slots(s, LIVE))
+            slot = await self.node.reserve_slot(sandbox_id)
         row = Sandbox(
             id=sandbox_id, org_id=org_id, template_id=tpl.id, state=S.STARTING,
             vcpu=spec.vcpu or tpl.vcpu, memory_mib=spec.memory_mib or tpl.memory_mib,
@@ -194,7 +183,7 @@ class SandboxService:
         (StartFailed, or the caller going away) leaves nothing: the row goes
         with the resources."""
         try:
-            await asyncio.shield(self.agent.start(self._plan(row, tpl), on_up))
+            await asyncio.shield(self.node.start(self._plan(row, tpl), on_up))
         except (StartFailed, asyncio.CancelledError):
             await self._forget(row.id)
             raise
@@ -232,9 +221,9 @@ class SandboxService:
         sandbox_id = row.id
         try:
             try:
-                await asyncio.shield(self.agent.adopt(self._plan(row, tpl), pool_token))
+                await asyncio.shield(self.node.adopt(self._plan(row, tpl), pool_token))
             except Exception as exc:
-                await asyncio.shield(self.agent.stop(sandbox_id))
+                await asyncio.shield(self.node.stop(sandbox_id))
                 await self._forget(sandbox_id)
                 raise Unavailable(f"The sandbox failed to start: {exc}") from exc
             return row
@@ -287,7 +276,7 @@ class SandboxService:
 
     def address(self, row: Sandbox) -> str:
         assert row.ip_slot is not None
-        return self.agent.addressing(row.ip_slot).sandbox_ip
+        return self.node.address(row.ip_slot)
 
     # -- change ----------------------------------------------------------------
     async def set_timeout(self, org_id: str | None, sandbox_id: str, seconds: int) -> Sandbox:
@@ -319,7 +308,7 @@ class SandboxService:
                 return row
             if only_if_lost and (
                 row.state not in (S.RUNNING, S.DELETING, S.POOLED)
-                or await self.agent.runtime_state(sandbox_id) == RuntimeState.RUNNING
+                or await self.node.runtime_state(sandbox_id) == RuntimeState.RUNNING
             ):
                 return row
             if row.state == S.STARTING:
@@ -329,7 +318,7 @@ class SandboxService:
                 async with self.db.transaction() as s:
                     if not await repo.set_state(s, sandbox_id, row.state, S.DELETING, reason):
                         raise Conflict(f"Sandbox {sandbox_id} changed state; retry")
-            await asyncio.shield(self.agent.forget(sandbox_id))
+            await asyncio.shield(self.node.forget(sandbox_id))
             async with self.db.transaction() as s:
                 await repo.set_state(s, sandbox_id, S.DELETING, final, reason)
                 fresh = await repo.sandbox(s, sandbox_id)
@@ -354,7 +343,7 @@ class SandboxService:
                     raise Conflict(f"Sandbox {sandbox_id} changed state; retry")
             try:
                 snap = await asyncio.shield(
-                    self.agent.pause(sandbox_id, row.ip_slot or 0, row.envd_token)
+                    self.node.pause(sandbox_id, row.ip_slot or 0, row.envd_token)
                 )
             except Exception as exc:
                 # The agent unfroze it: the sandbox runs on as before.
@@ -398,7 +387,7 @@ class SandboxService:
                     raise Conflict(f"Sandbox {sandbox_id} changed state; retry")
                 plan = self._plan(row, tpl)
             try:
-                await asyncio.shield(self.agent.resume(plan))
+                await asyncio.shield(self.node.resume(plan))
             except (StartFailed, Exception) as exc:
                 async with self.db.transaction() as s:
                     await repo.set_state(s, sandbox_id, S.UNPAUSING, S.PAUSED,
@@ -414,7 +403,7 @@ class SandboxService:
                     fresh.timeout_s = timeout_s or None
                 if fresh.timeout_s:
                     fresh.timeout_at = repo.now() + timedelta(seconds=fresh.timeout_s)
-            self.agent.discard_spent(sandbox_id)
+            self.node.discard_spent(sandbox_id)
             return fresh, True
 
     # -- background duties -------------------------------------------------------
@@ -466,15 +455,16 @@ class SandboxService:
                 await self._recover(r)
         async with self.db.session() as s:
             rows = await repo.sandboxes(s, None, LIVE)
-        keep = {r.id for r in rows if r.state != S.STARTING} | in_flight
+        keep = {r.id: r.ip_slot for r in rows if r.state != S.STARTING or r.id in in_flight}
+        keep.update((sandbox_id, None) for sandbox_id in in_flight if sandbox_id not in keep)
         # A sandbox left starting by a dead server never got its 201.
         for r in rows:
             # (_starting as it is now: a create that began during this pass
             # has its row starting and is no leftover.)
             if r.state == S.STARTING and r.id not in self._starting:
-                await self.agent.stop(r.id)
+                await self.node.stop(r.id)
                 await self._forget(r.id)
-        dead = await self.agent.reconcile(keep, self._starting) - in_flight
+        dead = await self.node.reconcile(keep, self._starting) - in_flight
         for r in rows:
             if r.id in dead and r.state in (S.RUNNING, S.DELETING, S.POOLED):
                 log.warning("sandbox %s seems gone from the host; marking it if so", r.id)
@@ -488,25 +478,23 @@ class SandboxService:
     async def _recover(self, row: Sandbox) -> None:
         """A pause or resume cut short by a crash: end up paused (with a
         complete, verified snapshot) or running, never lost."""
-        snap = await asyncio.to_thread(
-            snapshots.verify, self.agent.snapshot_path(row.id), True
-        )
-        state = await self.agent.runtime_state(row.id)
+        sealed = await self.node.snapshot_sealed(row.id)
+        state = await self.node.runtime_state(row.id)
         if row.state == S.SNAPSHOTTING:
-            if snap is not None:
-                await self.agent.stop(row.id)
+            if sealed:
+                await self.node.stop(row.id)
                 dst, why = S.PAUSED, "recovered: snapshot complete"
             else:
                 # The image never got sealed; the frozen sandbox is intact.
-                await self.agent.unfreeze(row.id)
-                await asyncio.to_thread(snapshots.remove, self.agent.snapshot_path(row.id))
+                await self.node.unfreeze(row.id)
+                await self.node.drop_snapshot(row.id)
                 dst, why = S.RUNNING, "recovered: pause did not complete"
         else:  # UNPAUSING
             if state == RuntimeState.RUNNING and row.ip_slot is not None and \
-                    await self.agent.is_alive(row.id, row.ip_slot):
+                    await self.node.is_alive(row.id, row.ip_slot):
                 dst, why = S.RUNNING, "recovered: resume had completed"
             else:
-                await self.agent.stop(row.id)
+                await self.node.stop(row.id)
                 dst, why = S.PAUSED, "recovered: resume did not complete"
         log.warning("sandbox %s: %s", row.id, why)
         async with self.db.transaction() as s:
@@ -516,7 +504,7 @@ class SandboxService:
                 if fresh is not None and fresh.timeout_s:
                     fresh.timeout_at = repo.now() + timedelta(seconds=fresh.timeout_s)
         if dst == S.RUNNING:
-            self.agent.discard_spent(row.id)
+            self.node.discard_spent(row.id)
 
 
 def _owned(spec: CreateSpec) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from sbx.core.accounts import KeyAuth
 from sbx.core.errors import Conflict, FieldError, Forbidden, InvalidRequest, NotFound
 from sbx.core.lifecycle import LIVE
 from sbx.core.templates import BASE, template_id
-from sbx.node.agent import NodeAgent
+from sbx.nodeapi.contract import Node
 from sbx.shared.policy import NetworkPolicy, default_policy
 from sbx.store import repo
 from sbx.store.db import Database
@@ -76,12 +76,13 @@ class _Running:
 
 
 class TemplateBuilds:
-    def __init__(self, db: Database, agent: NodeAgent, settings: Settings) -> None:
+    def __init__(self, db: Database, node: Node, builder: Builder, layers: LayerStore,
+                 settings: Settings) -> None:
         self.db = db
-        self.agent = agent
+        self.node = node
         self.settings = settings
-        self.layers = LayerStore(settings.data_dir / "layers")
-        self.builder = Builder(agent, self.layers)
+        self.layers = layers
+        self.builder = builder
         self.builds_dir = settings.data_dir / "builds"
         self._running: dict[str, _Running] = {}
         # One build at a time: on two cores a second one only slows both.
@@ -261,8 +262,8 @@ class TemplateBuilds:
         """The version's template snapshot for its own size, so creates from
         it restore as fast as from base; its start command must get ready."""
         try:
-            await self.agent.build_template_snapshot(
-                job.dest, self.agent.visible_cpus(job.vcpu), job.memory_mib,
+            await self.node.prepare_template(
+                job.dest, job.vcpu, job.memory_mib,
                 ready_s=float(config.get("ready_timeout_s") or 60), strict=True)
         except Exception as exc:
             start = next((i.line for i in reversed(job.dockerfile.instructions)
@@ -393,7 +394,7 @@ class TemplateBuilds:
                     TemplateBuild.template_id == tpl.id,
                     TemplateBuild.status == "ready"))).scalars().all():
                 b.status = "retired"
-        await self.agent.runtimes.forget_under(self.settings.custom_templates_dir / name)
+        await self.node.forget_template(self.settings.custom_templates_dir / name)
         await asyncio.to_thread(shutil.rmtree, self.settings.custom_templates_dir / name, True)
         await self._prune_layers()
 
@@ -412,7 +413,7 @@ class TemplateBuilds:
                     b.status = "retired"
                     gone.append(self.version_dir(b))
         for path in gone:
-            await self.agent.runtimes.forget_under(path)
+            await self.node.forget_template(path)
             await asyncio.to_thread(shutil.rmtree, path, True)
 
     async def _prune_layers(self) -> None:

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from sbx.egress import dnswire as w
-from sbx.egress.audit import AuditEvent, AuditSink
 from sbx.egress.policy_engine import CompiledPolicy, decide_dns
+from sbx.shared.audit import AuditEvent, AuditSink
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
-from sbx.egress.audit import DEFAULT_RETENTION_DAYS
 from sbx.guard.injection import score_injection
 from sbx.guard.pii import Finding, find_pii, redact
+from sbx.shared.audit import DEFAULT_RETENTION_DAYS
 from sbx.shared.security import SecurityPolicy
 
 # Bodies are inspected up to this size; beyond it a request is not

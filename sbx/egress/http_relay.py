@@ -18,7 +18,6 @@ from typing import Any
 import h11
 
 from sbx.egress import transforms as tf
-from sbx.egress.audit import AuditEvent, AuditSink
 from sbx.egress.guard import (
     MAX_INSPECT,
     Guard,
@@ -32,6 +31,7 @@ from sbx.egress.guard import (
 from sbx.egress.policy_engine import CompiledPolicy, Decision, decide, normalise_host
 from sbx.egress.sni import strip_port, target_authority
 from sbx.egress.splice import abort
+from sbx.shared.audit import AuditEvent, AuditSink
 from sbx.shared.policy import PolicyMode, Transform
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ import socket
 import struct
 from collections.abc import Callable
 
-from sbx.egress.audit import AuditEvent, AuditSink
+from sbx.shared.audit import AuditEvent, AuditSink
 
 log = logging.getLogger(__name__)
 

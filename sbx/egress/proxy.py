@@ -28,12 +28,12 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from sbx.egress import sni
-from sbx.egress.audit import AuditEvent, AuditSink
 from sbx.egress.dns import Resolver
 from sbx.egress.http_relay import HttpRelay, RelayTarget
 from sbx.egress.policy_engine import Decision, decide, normalise_host
 from sbx.egress.registry import Flow, Registry, SandboxEgress
 from sbx.egress.splice import Splice
+from sbx.shared.audit import AuditEvent, AuditSink
 from sbx.shared.policy import PolicyMode
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -27,7 +28,6 @@ from pathlib import Path
 
 from sbx.config import Settings
 from sbx.egress import trust
-from sbx.egress.audit import DEFAULT_RETENTION_DAYS, AuditSink
 from sbx.egress.dns import Asker, Resolver, parse_upstream, upstream_from_resolv_conf
 from sbx.egress.nflog import NflogReader, candidate_groups
 from sbx.egress.policy_engine import NEVER, PRIVATE, Ranges, compile_policy
@@ -36,6 +36,7 @@ from sbx.egress.registry import Registry, SandboxEgress
 from sbx.egress.tls_ca import SandboxCA, upstream_context
 from sbx.node.network import firewall
 from sbx.node.proc import run
+from sbx.shared.audit import DEFAULT_RETENTION_DAYS, AuditEvent, AuditSink
 from sbx.shared.policy import NetworkPolicy
 from sbx.shared.security import SecurityPolicy
 
@@ -85,14 +86,14 @@ class EgressService:
     def __init__(self, settings: Settings, table: str, audit: AuditSink) -> None:
         self.settings = settings
         self.table = table
-        self.audit = audit
+        self.audit = self._stamped(audit)
         self.registry = Registry()
         upstream = (parse_upstream(settings.egress_upstream_dns)
                     if settings.egress_upstream_dns else upstream_from_resolv_conf())
-        self.resolver = Resolver(self._asker, upstream, audit)
-        self.proxy = Proxy(self.registry, self.resolver, audit,
+        self.resolver = Resolver(self._asker, upstream, self.audit)
+        self.proxy = Proxy(self.registry, self.resolver, self.audit,
                            upstream_context(settings.egress_upstream_ca))
-        self.nflog = NflogReader(audit, self._sandbox_of_ifindex)
+        self.nflog = NflogReader(self.audit, self._sandbox_of_ifindex)
         self.ranges = Ranges.for_node(settings.subnet)
         self.ports: firewall.EgressPorts | None = None
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -190,6 +191,14 @@ class EgressService:
             await firewall.remove_sandbox(self.table, _key(sandbox_id), host_if)
             self._ifindex.clear()
         self._locks.pop(sandbox_id, None)
+
+    def _stamped(self, sink: AuditSink) -> AuditSink:
+        """Events leave the node with their sandbox's audit settings on
+        them: the store keeps them (or not) without asking the node."""
+        def emit(event: AuditEvent) -> None:
+            record, days = self.audit_settings(event.sandbox_id)
+            sink(dataclasses.replace(event, record=record, retention_days=days))
+        return emit
 
     def audit_settings(self, sandbox_id: str) -> tuple[bool, int]:
         """(record, retention_days) for the sandbox's audit events."""

@@ -16,26 +16,34 @@ import shutil
 import subprocess
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Collection, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Collection, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
 from sbx.config import Settings
 from sbx.egress import trust
-from sbx.egress.audit import AuditSink, discard
 from sbx.egress.service import EgressService, SandboxNet
 from sbx.node import disk, envd_probe, snapshots
 from sbx.node.network import firewall, netns
 from sbx.node.network.ipam import Addressing, AddressPool
 from sbx.node.orphans import OrphanReaper
 from sbx.node.rootfs import ENVD_SRC
-from sbx.node.runtime.base import Launch, RuntimeState
+from sbx.node.runtime.base import Launch
 from sbx.node.runtime.gvisor import GVisorRuntime
+from sbx.node.slots import Slots, SlotsExhausted
 from sbx.node.spare_runtimes import Spare, SpareKey, SpareRuntimes
 from sbx.node.spares import SpareDisks
+from sbx.nodeapi.contract import (
+    OnUp,
+    Paused,
+    RuntimeState,
+    SandboxPlan,
+    SpareClaim,
+    StartFailed,
+)
 from sbx.shared import ids
-from sbx.shared.policy import NetworkPolicy, PolicyMode, default_policy
+from sbx.shared.audit import AuditSink, discard
+from sbx.shared.policy import NetworkPolicy, PolicyMode
 from sbx.shared.security import SecurityPolicy
 
 log = logging.getLogger(__name__)
@@ -43,39 +51,6 @@ log = logging.getLogger(__name__)
 # A restore that has not brought envd up by then is broken: boot cold instead.
 RESTORE_READY_S = 10.0
 ENVD_ARGS = ["/usr/bin/python3", "-I", "/opt/sbx/envd-launch.py"]
-
-
-@dataclass(frozen=True)
-class SandboxPlan:
-    """What the node needs to know to run one sandbox."""
-
-    id: str
-    rootfs: Path
-    slot: int
-    vcpu: int
-    memory_mib: int
-    disk_mib: int
-    env: dict[str, str]
-    envd_token: str
-    # Given to envd's /init once it answers (e.g. {"defaultUser": "user"}).
-    init: dict[str, Any] | None = None
-    # Enforced on the host from before the sandbox boots.
-    network_policy: NetworkPolicy = field(default_factory=default_policy)
-    # The seed-002 security policy (guardrails, audit), if the create had one.
-    security: SecurityPolicy | None = None
-    # Start from the template's snapshot when one exists (else cold boot).
-    from_snapshot: bool = True
-
-
-class StartFailed(Exception):
-    pass
-
-
-# Told that a sandbox's runtime is up (True: restored from a snapshot).
-OnUp = Callable[[bool], Awaitable[None]]
-# Gives a free address slot to the holder named (and records it with
-# hold_slot while nobody else can take one): the store knows which are used.
-SlotSource = Callable[[str], Awaitable[int]]
 
 
 class NodeAgent:
@@ -87,6 +62,7 @@ class NodeAgent:
         self.if_prefix = f"s{tag}"
         self.table = f"sbx_{tag}"
         self.pool = AddressPool(settings.subnet)
+        self.slots = Slots(self.pool)
         self.reaper = OrphanReaper()
         self.runtime = GVisorRuntime(
             settings.run_dir / "runsc",
@@ -100,7 +76,6 @@ class NodeAgent:
         self.fingerprint = _fingerprint(settings.runsc)
         # Template snapshots being made: their sandboxes are in no store.
         self._building: set[str] = set()
-        self._own_slots: set[int] = set()
         self._build_locks: defaultdict[Path, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Task[object]] = set()
         self.egress = EgressService(settings, self.table, audit or discard)
@@ -108,9 +83,6 @@ class NodeAgent:
                                  settings.spare_disks)
         self.runtimes = SpareRuntimes(settings.spare_runtimes, self._make_spare,
                                       self._drop_spare)
-        # Set by the sandbox service: spare runtimes hold an address each.
-        self.slot_source: SlotSource | None = None
-        self._held_slots: dict[str, int] = {}
         # Spares a create or resume took, until its start or resume runs.
         self._claimed: dict[str, Spare] = {}
         # Sandboxes resumed into a spare runtime run under the spare's id
@@ -170,6 +142,19 @@ class NodeAgent:
     def addressing(self, slot: int) -> Addressing:
         return self.pool.addressing(slot)
 
+    def address(self, slot: int) -> str:
+        return self.pool.addressing(slot).sandbox_ip
+
+    # -- address slots (see slots.py) --------------------------------------------
+    async def reserve_slot(self, holder: str) -> int:
+        try:
+            return self.slots.take(holder)
+        except SlotsExhausted as exc:
+            raise StartFailed(str(exc)) from exc
+
+    def release_slot(self, holder: str) -> None:
+        self.slots.release(holder)
+
     def cpuset(self, vcpu: int, slot: int) -> str | None:
         """vcpu below the host's CPU count pins the sandbox to that many CPUs
         (so nproc inside shows vcpu), spread over the host by slot; at or
@@ -210,25 +195,27 @@ class NodeAgent:
         sandbox does, snapshot included."""
         return self.settings.data_dir / "egress" / sandbox_id
 
-    async def start(self, plan: SandboxPlan, on_up: OnUp | None = None
-                    ) -> tuple[Addressing, bool]:
+    async def start(self, plan: SandboxPlan, on_up: OnUp | None = None) -> bool:
         """A new sandbox: restored from its template's snapshot for its
         visible CPUs and memory when there is one, with its identity (token,
         env, memory limit) given to envd right after; else booted cold, and
-        a snapshot for next time is made in the background. Answers the
-        address and whether it came from a snapshot. on_up(from_snapshot)
-        runs once the runtime is up, alongside the wait for envd (the
-        caller's bookkeeping then costs the create nothing); it may run
-        twice when a restore fails late and the sandbox boots cold."""
+        a snapshot for next time is made in the background. Answers whether
+        it came from a snapshot. on_up(from_snapshot) runs once the runtime
+        is up, alongside the wait for envd (the caller's bookkeeping then
+        costs the create nothing); it may run twice when a restore fails
+        late and the sandbox boots cold. A failed start gives its slot back."""
         try:
             return await self._start(plan, on_up)
+        except BaseException:
+            self.slots.release(plan.id)
+            raise
         finally:
             # A spare the start never got to (it failed before the restore).
             spare = self._claimed.pop(plan.id, None)
             if spare is not None:
                 await asyncio.shield(self._drop_spare(spare))
 
-    async def _start(self, plan: SandboxPlan, on_up: OnUp | None) -> tuple[Addressing, bool]:
+    async def _start(self, plan: SandboxPlan, on_up: OnUp | None) -> bool:
         image = self.template_snapshot(plan.rootfs, self.visible_cpus(plan.vcpu), plan.memory_mib)
         wait = start_wait(plan.rootfs)
         if wait is not None:
@@ -258,18 +245,17 @@ class NodeAgent:
             tries = ["into its spare runtime", "anew"] if plan.id in self._claimed else ["anew"]
             for attempt in tries:
                 try:
-                    addr = await self._bring_up(dataclasses.replace(plan, init=identity), image,
-                                                ready_s=RESTORE_READY_S, wait_s=wait,
-                                                on_up=on_up)
-                    return addr, True
+                    await self._bring_up(dataclasses.replace(plan, init=identity), image,
+                                         ready_s=RESTORE_READY_S, wait_s=wait, on_up=on_up)
+                    return True
                 except StartFailed as exc:
                     log.warning("sandbox %s: restore %s failed (%s)", plan.id, attempt, exc)
             log.warning("sandbox %s: booting cold", plan.id)
-        addr = await self._bring_up(plan, None, wait_s=wait, on_up=on_up)
+        await self._bring_up(plan, None, wait_s=wait, on_up=on_up)
         if plan.from_snapshot:
             self._background(self.build_template_snapshot(
                 plan.rootfs, self.visible_cpus(plan.vcpu), plan.memory_mib, wait or 60.0))
-        return addr, False
+        return False
 
     async def adopt(self, plan: SandboxPlan, pool_token: str) -> None:
         """A warm-pool sandbox becomes plan's: its identity (token, env,
@@ -308,51 +294,57 @@ class NodeAgent:
         self._building.add(sandbox_id)
         return sandbox_id
 
-    def take_own_slot(self) -> int:
-        for index in range(self.pool.RESERVED):
-            slot = self.pool.reserved(index)
-            if slot not in self._own_slots:
-                self._own_slots.add(slot)
-                return slot
-        raise StartFailed("every address of the node's own is in use (builds, snapshots)")
+    def take_own_slot(self, sandbox_id: str) -> int:
+        """An address for one of the node's own sandboxes (see hold())."""
+        try:
+            return self.slots.take_own(sandbox_id)
+        except SlotsExhausted as exc:
+            raise StartFailed(str(exc)) from exc
 
-    def release(self, sandbox_id: str, slot: int | None) -> None:
+    def release(self, sandbox_id: str) -> None:
         self._building.discard(sandbox_id)
-        self._own_slots.discard(slot or -1)
+        self.slots.release_own(sandbox_id)
+
+    async def prepare_template(self, rootfs: Path, vcpu: int, memory_mib: int,
+                               ready_s: float = 60.0, strict: bool = False) -> bool:
+        return await self.build_template_snapshot(rootfs, self.visible_cpus(vcpu), memory_mib,
+                                                  ready_s, strict)
 
     # -- spare runtimes (see spare_runtimes.py) ------------------------------------
-    def free_slot(self, used: set[int]) -> int:
-        """The first address slot neither the store (used) nor a spare holds."""
-        return self.pool.first_free(used | set(self._held_slots.values()))
-
-    def hold_slot(self, holder: str, slot: int) -> None:
-        self._held_slots[holder] = slot
-
     def spare_key(self, rootfs: Path, vcpu: int, memory_mib: int, disk_mib: int) -> SpareKey:
         image = self.template_snapshot(rootfs, self.visible_cpus(vcpu), memory_mib)
         return SpareKey(rootfs, image, vcpu, memory_mib, disk_mib)
 
-    def take_spare(self, key: SpareKey) -> Spare | None:
-        """A created, unrestored sandbox of key's shape for a create, whose
+    def take_spare(self, rootfs: Path, vcpu: int, memory_mib: int,
+                   disk_mib: int) -> SpareClaim | None:
+        """A created, unrestored sandbox of this shape for a create, whose
         sandbox takes the spare's id and slot (None: there is none). The
         create then calls start() with that id, or put_back()."""
+        key = self.spare_key(rootfs, vcpu, memory_mib, disk_mib)
         self.runtimes.want(key)
         spare = self.runtimes.take(key)
-        if spare is not None:
-            self._claimed[spare.id] = spare
-        return spare
+        if spare is None:
+            return None
+        self._claimed[spare.id] = spare
+        return SpareClaim(spare.id, spare.slot)
 
-    def put_back(self, spare: Spare) -> None:
-        if self._claimed.pop(spare.id, None) is not None:
+    def put_back(self, claim: SpareClaim) -> None:
+        spare = self._claimed.pop(claim.id, None)
+        if spare is not None:
             self.runtimes.put_back(spare)
 
+    def want_spares(self, rootfs: Path, vcpu: int, memory_mib: int, disk_mib: int) -> None:
+        self.runtimes.want(self.spare_key(rootfs, vcpu, memory_mib, disk_mib))
+        self.runtimes.refill()
+
+    async def forget_template(self, path: Path) -> None:
+        await self.runtimes.forget_under(path)
+
     async def _make_spare(self, key: SpareKey) -> Spare | None:
-        if self.slot_source is None:
-            return None
         sandbox_id = ids.sandbox_id()
         self._building.add(sandbox_id)
         try:
-            slot = await self.slot_source(sandbox_id)
+            slot = self.slots.take(sandbox_id)
             t0 = time.perf_counter()
             plan = SandboxPlan(id=sandbox_id, rootfs=key.rootfs, slot=slot, vcpu=key.vcpu,
                                memory_mib=key.memory_mib, disk_mib=key.disk_mib, env={},
@@ -366,6 +358,7 @@ class NodeAgent:
             return Spare(sandbox_id, slot, key)
         except BaseException:
             await asyncio.shield(self.stop(sandbox_id))
+            self.slots.release(sandbox_id)
             self._building.discard(sandbox_id)
             raise
 
@@ -373,6 +366,7 @@ class NodeAgent:
         try:
             await self.stop(spare.id)
         finally:
+            self.slots.release(spare.id)
             self._building.discard(spare.id)
 
     def _background(self, coro: Coroutine[Any, Any, object]) -> None:
@@ -392,7 +386,7 @@ class NodeAgent:
             sandbox_id = self.hold()
             slot: int | None = None
             try:
-                slot = self.take_own_slot()
+                slot = self.take_own_slot(sandbox_id)
                 plan = SandboxPlan(
                     id=sandbox_id, rootfs=rootfs, slot=slot,
                     vcpu=cpus, memory_mib=memory_mib, disk_mib=256, env={}, envd_token="",
@@ -430,7 +424,7 @@ class NodeAgent:
                 return False
             finally:
                 await self.stop(sandbox_id)
-                self.release(sandbox_id, slot)
+                self.release(sandbox_id)
 
     async def _host_resources(self, plan: SandboxPlan) -> None:
         """The sandbox's netns (with its veth and address) and its disk."""
@@ -560,7 +554,9 @@ class NodeAgent:
             if spare is not None:
                 # Up or removed again: the store's row holds the slot now.
                 self._building.discard(spare.id)
-                self._held_slots.pop(spare.id, None)
+                if spare.id != plan.id:
+                    # A resume into it: the sandbox keeps its own slot.
+                    self.slots.release(spare.id)
             self.spares.refill()
             self.runtimes.refill()
         log.info("sandbox %s %s in %.0f ms (%s)", plan.id,
@@ -570,17 +566,34 @@ class NodeAgent:
                            for i, (name, t) in enumerate(marks[1:])))
         return addr
 
-    async def install_trust(self, sandbox_id: str, ip: str, envd_token: str,
-                            rootfs: Path) -> None:
-        """The sandbox's egress CA into its trust store, through envd."""
-        files = await asyncio.to_thread(self.egress.trust_files, sandbox_id, rootfs)
-        await trust.install(ip, self.settings.envd_port, envd_token, files)
+    # -- egress ------------------------------------------------------------------
+    async def set_policy(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        await self.egress.set_policy(sandbox_id, policy)
+
+    async def sync_policy(self, sandbox_id: str, slot: int, policy: NetworkPolicy,
+                          security: SecurityPolicy | None, envd_token: str,
+                          rootfs: Path) -> bool:
+        egress = self.egress
+        if sandbox_id in egress.attached():
+            if egress.policy_of(sandbox_id) == policy:
+                return False
+            await egress.set_policy(sandbox_id, policy)
+            return True
+        if not self.sandbox_dir(sandbox_id).exists():
+            # Its host resources are gone: the reconciler marks it.
+            return False
+        new_ca = await egress.attach(self.egress_net(sandbox_id, slot), policy, security)
+        if new_ca:
+            # A new CA (its old one was lost): into the sandbox's trust store.
+            files = await asyncio.to_thread(egress.trust_files, sandbox_id, rootfs)
+            await trust.install(self.address(slot), self.settings.envd_port, envd_token, files)
+        return True
 
     # -- snapshots ------------------------------------------------------------
     def snapshot_path(self, sandbox_id: str) -> Path:
         return self.settings.data_dir / "snapshots" / sandbox_id
 
-    async def pause(self, sandbox_id: str, slot: int, envd_token: str) -> snapshots.Snapshot:
+    async def pause(self, sandbox_id: str, slot: int, envd_token: str) -> Paused:
         """Checkpoint the sandbox into a sealed snapshot, then free every
         host resource it held (runtime, netns, disk)."""
         marks = [("", time.perf_counter())]
@@ -606,9 +619,9 @@ class NodeAgent:
                  (marks[-1][1] - marks[0][1]) * 1000,
                  ", ".join(f"{name} {(t - marks[i][1]) * 1000:.0f}"
                            for i, (name, t) in enumerate(marks[1:])))
-        return snap
+        return Paused(snap.size)
 
-    async def resume(self, plan: SandboxPlan) -> Addressing:
+    async def resume(self, plan: SandboxPlan) -> None:
         """Restore a paused sandbox from its snapshot, at its own address."""
         final = self.snapshot_path(plan.id)
         if await asyncio.to_thread(snapshots.verify, final, False) is None:
@@ -616,14 +629,16 @@ class NodeAgent:
         key = self.spare_key(plan.rootfs, plan.vcpu, plan.memory_mib, plan.disk_mib)
         self.runtimes.want(key)
         spare = self.runtimes.take(key)
+        self.slots.bind(plan.id, plan.slot)
         if spare is not None and await self._take_on(plan, spare):
             try:
-                return await self._bring_up(plan, final, trust_store=False)
+                await self._bring_up(plan, final, trust_store=False)
+                return
             except StartFailed as exc:
                 # Everything of the spare is gone again; the image is not.
                 log.warning("sandbox %s: resume into a spare failed (%s); restoring anew",
                             plan.id, exc)
-        return await self._bring_up(plan, final, trust_store=False)
+        await self._bring_up(plan, final, trust_store=False)
 
     async def _take_on(self, plan: SandboxPlan, spare: Spare) -> bool:
         """The spare becomes the runtime of plan's (paused) sandbox: its
@@ -641,6 +656,13 @@ class NodeAgent:
         self._claimed[plan.id] = spare
         return True
 
+    async def snapshot_sealed(self, sandbox_id: str) -> bool:
+        found = await asyncio.to_thread(snapshots.verify, self.snapshot_path(sandbox_id), True)
+        return found is not None
+
+    async def drop_snapshot(self, sandbox_id: str) -> None:
+        await asyncio.to_thread(snapshots.remove, self.snapshot_path(sandbox_id))
+
     def discard_spent(self, sandbox_id: str) -> None:
         """The image a running sandbox was resumed from is spent: renamed out
         of the way at once, its ~100 ms of unlinking done after the answer.
@@ -655,8 +677,9 @@ class NodeAgent:
         await asyncio.to_thread(snapshots.remove_set_aside, self.snapshot_path("x").parent)
 
     async def forget(self, sandbox_id: str) -> None:
-        """stop(), and remove the sandbox's snapshot too."""
+        """stop(), and remove the sandbox's snapshot and slot too."""
         await self.stop(sandbox_id)
+        self.slots.release(sandbox_id)
         await asyncio.to_thread(snapshots.remove, self.snapshot_path(sandbox_id))
         await asyncio.to_thread(shutil.rmtree, self.egress_dir(sandbox_id), True)
 
@@ -666,7 +689,6 @@ class NodeAgent:
         sdir = self.sandbox_dir(sandbox_id)
         rid = self.rid(sandbox_id)
         t0 = time.perf_counter()
-        self._held_slots.pop(sandbox_id, None)
         # Independent of each other; the disk only once the gofer, which
         # holds it open, is gone with the runtime.
         await asyncio.gather(
@@ -716,15 +738,20 @@ class NodeAgent:
             ids.update(p.name for p in egress_root.iterdir())
         return ids
 
-    async def reconcile(self, keep: set[str], in_flight: Collection[str] = ()) -> set[str]:
+    async def reconcile(self, keep: Mapping[str, int | None],
+                        in_flight: Collection[str] = ()) -> set[str]:
         """Tear down every sandbox resource not in keep; answer which of keep
         no longer run (the caller marks those). in_flight (the caller's live
         set of creates under way) and the node's own sandboxes are looked at
         when a leftover is about to go, not before the scan: whatever
         registered itself there before making its first resource is safe
-        from a pass that began earlier."""
+        from a pass that began earlier. The slots in keep are the kept
+        sandboxes' (a restarted node learns them here)."""
+        for sandbox_id, slot in keep.items():
+            if slot is not None:
+                self.slots.bind(sandbox_id, slot)
         present = await self.host_sandboxes()
-        for sandbox_id in sorted(present - keep):
+        for sandbox_id in sorted(present - set(keep)):
             if sandbox_id in self._building or sandbox_id in in_flight:
                 continue
             log.info("reconcile: removing leftover sandbox %s", sandbox_id)
@@ -735,8 +762,15 @@ class NodeAgent:
                 # stop the others going (or the server starting).
                 log.exception("reconcile: removing %s failed", sandbox_id)
         running = await self.runtime.list()
-        return {s for s in keep - self._building
+        return {s for s in set(keep) - self._building
                 if running.get(self.rid(s)) != RuntimeState.RUNNING}
+
+    async def close(self) -> None:
+        """The node's own work stops; sandboxes run on (a restarted node
+        adopts them again)."""
+        await self.runtimes.remove_all()
+        await self.egress.stop()
+        await self.reaper.stop()
 
     async def shutdown_all(self) -> None:
         """Remove everything this node made on the host (uninstall, tests)."""

@@ -57,7 +57,7 @@ async def run_step(agent: NodeAgent, step: BuildStep, on_output: Callable[[bytes
     sdir = agent.sandbox_dir(sandbox_id)
     over: list[str] = []
     try:
-        slot = agent.take_own_slot()
+        slot = agent.take_own_slot(sandbox_id)
         sdir.mkdir(parents=True)
         await netns.create(agent.netns_name(sandbox_id), agent.host_if(sandbox_id),
                            agent.addressing(slot))
@@ -111,7 +111,7 @@ async def run_step(agent: NodeAgent, step: BuildStep, on_output: Callable[[bytes
         return code
     finally:
         await asyncio.shield(agent.stop(sandbox_id))
-        agent.release(sandbox_id, slot)
+        agent.release(sandbox_id)
 
 
 def disk_usage(path: Path) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -82,13 +83,6 @@ async def count_in_states(s: AsyncSession, org_id: str, states: Iterable[str]) -
     return int((await s.execute(q)).scalar_one())
 
 
-async def used_slots(s: AsyncSession, states: Iterable[str]) -> set[int]:
-    q = select(Sandbox.ip_slot).where(
-        Sandbox.state.in_(list(states)), Sandbox.ip_slot.is_not(None)
-    )
-    return {int(v) for v in (await s.execute(q)).scalars() if v is not None}
-
-
 async def sandbox(s: AsyncSession, sandbox_id: str) -> Sandbox | None:
     return await s.get(Sandbox, sandbox_id)
 
@@ -132,6 +126,17 @@ async def set_state(
     s.add(SandboxEvent(sandbox_id=sandbox_id, from_state=src, to_state=dst, at=now(),
                        detail=detail))
     return True
+
+
+async def set_network_policy(s: AsyncSession, sandbox_id: str, states: Sequence[str],
+                             policy: dict[str, Any]) -> bool:
+    """The sandbox's stored network policy, if it is in one of states."""
+    res = await s.execute(
+        update(Sandbox)
+        .where(Sandbox.id == sandbox_id, Sandbox.state.in_(list(states)))
+        .values(network_policy=policy)
+    )
+    return bool(res.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def add_event(s: AsyncSession, sandbox_id: str, src: str | None, dst: str,

@@ -48,7 +48,10 @@ def free_subnet(size: int = 20) -> str:
     for net in ipaddress.ip_network("10.240.0.0/12").subnets(new_prefix=size):
         if any(net.overlaps(u) for u in used if u.prefixlen > 0):
             continue
-        f = open(_SUBNET_LOCKS / str(net).replace("/", "_"), "w")  # noqa: SIM115
+        # Locked by its /20, whatever its size: runs that take subnets of
+        # other sizes at the same time (a /22 and a /20) never overlap.
+        block = net.supernet(new_prefix=20) if net.prefixlen > 20 else net
+        f = open(_SUBNET_LOCKS / str(block).replace("/", "_"), "w")  # noqa: SIM115
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

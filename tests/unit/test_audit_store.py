@@ -9,8 +9,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from sbx.egress.audit import AuditEvent, AuditWriter, guardrail_checks, purge_expired
+from sbx.core.audit import AuditWriter
+from sbx.shared.audit import AuditEvent
 from sbx.store import repo
+from sbx.store.audit import guardrail_checks, purge_expired
 from sbx.store.db import Database
 from sbx.store.models import EgressAudit
 from tests.unit.store_rows import seeded
@@ -26,13 +28,13 @@ async def test_retention_audit_off_and_counted_checks(tmp_path: Path) -> None:
     try:
         writer = AuditWriter(db)
         settings = {"sbx-aaaaaaaa": (True, 1), "sbx-bbbbbbbb": (False, 30)}
-        writer.settings_for = lambda sid: settings[sid]
         now = repo.now()
-        for sid in settings:
+        for sid, (record, days) in settings.items():
             for i in range(3):
                 writer.submit(AuditEvent(sid, "https", "allow", "any", host="h.test",
                                          findings={"email": 1} if i == 0 else None,
-                                         guard_checks=2, at=now))
+                                         guard_checks=2, at=now, record=record,
+                                         retention_days=days))
         await writer.flush()
         async with db.session() as s:
             rows = (await s.execute(select(EgressAudit))).scalars().all()
@@ -43,7 +45,8 @@ async def test_retention_audit_off_and_counted_checks(tmp_path: Path) -> None:
         day = now.date().isoformat()
         assert await guardrail_checks(db, org_id) == {day: 12}
         # A second batch adds to the day's count.
-        writer.submit(AuditEvent("sbx-aaaaaaaa", "http", "allow", "any", guard_checks=1, at=now))
+        writer.submit(AuditEvent("sbx-aaaaaaaa", "http", "allow", "any", guard_checks=1, at=now,
+                                 retention_days=1))
         await writer.flush()
         assert await guardrail_checks(db, org_id) == {day: 13}
 

@@ -12,10 +12,11 @@ from fastapi import APIRouter, Request
 from sbx.api.deps import Caller, api_key, org, platform
 from sbx.api.routes.v1_sandbox import ERRORS, out
 from sbx.api.schemas.v1 import SandboxOut
+from sbx.core.audit import entry_out
 from sbx.core.errors import FieldError, InvalidRequest, NotFound
 from sbx.core.validation import parse
-from sbx.egress import audit
 from sbx.shared.policy import NetworkPolicy
+from sbx.store import audit as audit_repo
 
 router = APIRouter(prefix="/v1/sandbox", tags=["egress (v1)"])
 router_002 = APIRouter(tags=["sandboxes (seed 002, E2B)"])
@@ -82,7 +83,7 @@ async def audit_page(request: Request, sandbox_id: str, since: str | None, limit
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidRequest([FieldError("limit", f"must be between 1 and {MAX_LIMIT}")])
     after_id, at = _since(since)
-    rows = await audit.read(p.db, sandbox_id, after_id=after_id, since=at, limit=limit)
-    entries = [audit.entry_out(r) for r in rows]
+    rows = await audit_repo.read(p.db, sandbox_id, after_id=after_id, since=at, limit=limit)
+    entries = [entry_out(r) for r in rows]
     next_since = entries[-1]["id"] if entries else (after_id if after_id is not None else since)
     return {"sandbox_id": sandbox_id, "entries": entries, "next_since": next_since}

@@ -4,16 +4,12 @@ driver can take its place on hosts with usable KVM."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from sbx.nodeapi.contract import RuntimeState
 
-class RuntimeState(StrEnum):
-    RUNNING = "running"
-    STOPPED = "stopped"
-    PAUSED = "paused"
-    MISSING = "missing"
+__all__ = ["Launch", "Runtime", "RuntimeState"]
 
 
 @dataclass(frozen=True)

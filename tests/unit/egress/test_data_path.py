@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from sbx.egress import dnswire as w
-from sbx.egress.audit import AuditEvent
 from sbx.egress.dns import Asker, Resolver
 from sbx.egress.http_relay import HttpRelay, RelayTarget
 from sbx.egress.policy_engine import CompiledPolicy, Ranges, compile_policy
 from sbx.egress.splice import Splice
+from sbx.shared.audit import AuditEvent
 from sbx.shared.policy import NetworkPolicy
 
 OPEN = Ranges(never=(), private=())

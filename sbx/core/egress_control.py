@@ -15,12 +15,10 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
-from sqlalchemy import update
-
 from sbx.core.errors import Conflict
 from sbx.core.lifecycle import SandboxState
 from sbx.core.sandboxes import SandboxService
-from sbx.node.agent import NodeAgent
+from sbx.nodeapi.contract import Node
 from sbx.shared.policy import NetworkPolicy
 from sbx.shared.security import stored_security
 from sbx.store import repo
@@ -35,9 +33,9 @@ CHANGEABLE = (S.RUNNING, S.PAUSED)
 
 
 class EgressControl:
-    def __init__(self, db: Database, agent: NodeAgent, sandboxes: SandboxService) -> None:
+    def __init__(self, db: Database, node: Node, sandboxes: SandboxService) -> None:
         self.db = db
-        self.agent = agent
+        self.node = node
         self.sandboxes = sandboxes
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -46,12 +44,8 @@ class EgressControl:
         row = await self.sandboxes.get(org_id, sandbox_id)
         async with self._locks[sandbox_id]:
             async with self.db.transaction() as s:
-                res = await s.execute(
-                    update(Sandbox)
-                    .where(Sandbox.id == sandbox_id, Sandbox.state.in_(list(CHANGEABLE)))
-                    .values(network_policy=policy.model_dump(mode="json"))
-                )
-                if res.rowcount != 1:  # type: ignore[attr-defined]
+                if not await repo.set_network_policy(s, sandbox_id, CHANGEABLE,
+                                                     policy.model_dump(mode="json")):
                     raise Conflict(
                         f"Sandbox {sandbox_id} is {row.state}: its network policy can be "
                         "changed while it is running or paused"
@@ -60,7 +54,7 @@ class EgressControl:
                 fresh = await repo.sandbox(s, sandbox_id)
             assert fresh is not None
             if fresh.state == S.RUNNING:
-                await self.agent.egress.set_policy(sandbox_id, policy)
+                await self.node.set_policy(sandbox_id, policy)
             return fresh
 
     async def resync(self) -> None:
@@ -83,19 +77,11 @@ class EgressControl:
             if row is None or row.state != S.RUNNING or row.ip_slot is None:
                 return
             policy = NetworkPolicy.model_validate(row.network_policy, strict=False)
-            egress = self.agent.egress
-            if sandbox_id in egress.attached():
-                current = egress.policy_of(sandbox_id)
-                if current is not None and current == policy:
-                    return
-                await egress.set_policy(sandbox_id, policy)
+            rootfs = row.rootfs or (tpl.rootfs if tpl is not None else None)
+            if rootfs is None:
                 return
-            if not self.agent.sandbox_dir(sandbox_id).exists():
-                # Its host resources are gone: the reconciler marks it.
-                return
-            new_ca = await egress.attach(self.agent.egress_net(sandbox_id, row.ip_slot), policy,
-                                         stored_security((row.extra or {}).get("security")))
-            if new_ca and tpl is not None:
-                ip = self.agent.addressing(row.ip_slot).sandbox_ip
-                await self.agent.install_trust(sandbox_id, ip, row.envd_token, Path(tpl.rootfs))
-            log.info("egress: re-applied the network policy of %s", sandbox_id)
+            if await self.node.sync_policy(
+                    sandbox_id, row.ip_slot, policy,
+                    stored_security((row.extra or {}).get("security")), row.envd_token,
+                    Path(rootfs)):
+                log.info("egress: re-applied the network policy of %s", sandbox_id)
