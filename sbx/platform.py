@@ -122,7 +122,7 @@ class Platform:
         # A spare runtime of the first size, until creates ask for others.
         if self.settings.prewarm_snapshots:
             vcpu, _, memory = self.settings.prewarm_snapshots[0].partition("x")
-            self.agent.want_spares(Path(base.rootfs), int(vcpu), int(memory), base.disk_mib)
+            await self.agent.want_spares(Path(base.rootfs), int(vcpu), int(memory), base.disk_mib)
         # Then the warm pool, restored from those snapshots; it runs on.
         await self.pool.run()
 

@@ -130,7 +130,7 @@ class WarmPool:
                 async with self.db.transaction() as s:
                     row = await svc._insert(s, svc.pool_org, sandbox_id, tpl, spec, "warm pool")
             except BaseException:
-                svc.node.release_slot(sandbox_id)
+                await asyncio.shield(svc.node.release_slot(sandbox_id))
                 raise
             how: list[str] = []
 

@@ -85,7 +85,7 @@ class SandboxService:
             )
         # A sandbox created ahead for this shape, when there is one: the
         # new sandbox takes its id and address (see spare_runtimes).
-        spare = self.node.take_spare(
+        spare = await self.node.take_spare(
             Path(tpl.rootfs), spec.vcpu or tpl.vcpu, spec.memory_mib or tpl.memory_mib,
             tpl.disk_mib)
         sandbox_id = spare.id if spare is not None else ids.sandbox_id()
@@ -104,13 +104,13 @@ class SandboxService:
             admitted = await self._admit(org_id, sandbox_id, tpl, spec, spare)
         except BaseException:
             if spare is not None:
-                self.node.put_back(spare)
+                await asyncio.shield(self.node.put_back(spare))
             else:
-                self.node.release_slot(sandbox_id)
+                await asyncio.shield(self.node.release_slot(sandbox_id))
             raise
         if isinstance(admitted, tuple):
             if spare is not None:
-                self.node.put_back(spare)
+                await asyncio.shield(self.node.put_back(spare))
             pool_token, pooled = admitted
             return await self._adopt(pooled, tpl, pool_token)
         row = admitted
@@ -403,7 +403,7 @@ class SandboxService:
                     fresh.timeout_s = timeout_s or None
                 if fresh.timeout_s:
                     fresh.timeout_at = repo.now() + timedelta(seconds=fresh.timeout_s)
-            self.node.discard_spent(sandbox_id)
+            await self.node.discard_spent(sandbox_id)
             return fresh, True
 
     # -- background duties -------------------------------------------------------
@@ -504,7 +504,7 @@ class SandboxService:
                 if fresh is not None and fresh.timeout_s:
                     fresh.timeout_at = repo.now() + timedelta(seconds=fresh.timeout_s)
         if dst == S.RUNNING:
-            self.node.discard_spent(row.id)
+            await self.node.discard_spent(row.id)
 
 
 def _owned(spec: CreateSpec) -> dict[str, Any]:

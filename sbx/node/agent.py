@@ -54,8 +54,14 @@ ENVD_ARGS = ["/usr/bin/python3", "-I", "/opt/sbx/envd-launch.py"]
 
 
 class NodeAgent:
-    def __init__(self, settings: Settings, audit: AuditSink | None = None) -> None:
+    def __init__(self, settings: Settings, audit: AuditSink | None = None,
+                 reap_orphans: bool = True) -> None:
+        """reap_orphans: make the process a child subreaper and reap the
+        sandbox processes runsc leaves (orphans.py). Off only where the
+        process has other children of other sessions whose exit status
+        matters (a test process running its servers too)."""
         self.settings = settings
+        self._reap_orphans = reap_orphans
         tag = settings.node_tag
         self.tag = tag
         self.netns_prefix = f"sbx{tag}-"
@@ -152,7 +158,7 @@ class NodeAgent:
         except SlotsExhausted as exc:
             raise StartFailed(str(exc)) from exc
 
-    def release_slot(self, holder: str) -> None:
+    async def release_slot(self, holder: str) -> None:
         self.slots.release(holder)
 
     def cpuset(self, vcpu: int, slot: int) -> str | None:
@@ -177,7 +183,8 @@ class NodeAgent:
         self.settings.sandboxes_dir.mkdir(parents=True, exist_ok=True)
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._load_bindings)
-        await self.reaper.start()
+        if self._reap_orphans:
+            await self.reaper.start()
         await self.remove_spent()
         await self.spares.start()
         await asyncio.to_thread(self.runtime.prepare_cgroups)
@@ -315,7 +322,7 @@ class NodeAgent:
         image = self.template_snapshot(rootfs, self.visible_cpus(vcpu), memory_mib)
         return SpareKey(rootfs, image, vcpu, memory_mib, disk_mib)
 
-    def take_spare(self, rootfs: Path, vcpu: int, memory_mib: int,
+    async def take_spare(self, rootfs: Path, vcpu: int, memory_mib: int,
                    disk_mib: int) -> SpareClaim | None:
         """A created, unrestored sandbox of this shape for a create, whose
         sandbox takes the spare's id and slot (None: there is none). The
@@ -328,12 +335,12 @@ class NodeAgent:
         self._claimed[spare.id] = spare
         return SpareClaim(spare.id, spare.slot)
 
-    def put_back(self, claim: SpareClaim) -> None:
+    async def put_back(self, claim: SpareClaim) -> None:
         spare = self._claimed.pop(claim.id, None)
         if spare is not None:
             self.runtimes.put_back(spare)
 
-    def want_spares(self, rootfs: Path, vcpu: int, memory_mib: int, disk_mib: int) -> None:
+    async def want_spares(self, rootfs: Path, vcpu: int, memory_mib: int, disk_mib: int) -> None:
         self.runtimes.want(self.spare_key(rootfs, vcpu, memory_mib, disk_mib))
         self.runtimes.refill()
 
@@ -663,7 +670,7 @@ class NodeAgent:
     async def drop_snapshot(self, sandbox_id: str) -> None:
         await asyncio.to_thread(snapshots.remove, self.snapshot_path(sandbox_id))
 
-    def discard_spent(self, sandbox_id: str) -> None:
+    async def discard_spent(self, sandbox_id: str) -> None:
         """The image a running sandbox was resumed from is spent: renamed out
         of the way at once, its ~100 ms of unlinking done after the answer.
         Call it once the store says running (until then it is what a crash

@@ -88,7 +88,7 @@ class Node(Protocol):
         forget of the sandbox holder names)."""
         ...
 
-    def release_slot(self, holder: str) -> None: ...
+    async def release_slot(self, holder: str) -> None: ...
 
     def address(self, slot: int) -> str:
         """The sandbox address of a slot (where its envd and ports answer)."""
@@ -114,7 +114,7 @@ class Node(Protocol):
         """Restore a paused sandbox from its snapshot, at plan's slot."""
         ...
 
-    def discard_spent(self, sandbox_id: str) -> None:
+    async def discard_spent(self, sandbox_id: str) -> None:
         """The snapshot a now-running sandbox resumed from is of no use."""
         ...
 
@@ -151,15 +151,15 @@ class Node(Protocol):
         ...
 
     # -- spare runtimes and template snapshots -------------------------------
-    def take_spare(self, rootfs: Path, vcpu: int, memory_mib: int,
+    async def take_spare(self, rootfs: Path, vcpu: int, memory_mib: int,
                    disk_mib: int) -> SpareClaim | None:
         """A spare runtime of that shape for a create (and a wish for more
         of it); the create calls start() with the claim's id, or put_back()."""
         ...
 
-    def put_back(self, claim: SpareClaim) -> None: ...
+    async def put_back(self, claim: SpareClaim) -> None: ...
 
-    def want_spares(self, rootfs: Path, vcpu: int, memory_mib: int, disk_mib: int) -> None:
+    async def want_spares(self, rootfs: Path, vcpu: int, memory_mib: int, disk_mib: int) -> None:
         """Keep spare runtimes of this shape ready (a server's prewarm)."""
         ...
 

@@ -48,7 +48,7 @@ class FakeNode:
                 return slot
         raise StartFailed("the node's address pool is exhausted")
 
-    def release_slot(self, holder: str) -> None:
+    async def release_slot(self, holder: str) -> None:
         self.slots.pop(holder, None)
 
     def address(self, slot: int) -> str:
@@ -87,7 +87,7 @@ class FakeNode:
         self.runtimes[plan.id] = RuntimeState.RUNNING
         self.plans[plan.id] = plan
 
-    def discard_spent(self, sandbox_id: str) -> None:
+    async def discard_spent(self, sandbox_id: str) -> None:
         self.snapshots.discard(sandbox_id)
 
     async def stop(self, sandbox_id: str) -> None:
@@ -126,14 +126,14 @@ class FakeNode:
         return {s for s in keep if self.runtimes.get(s) != RuntimeState.RUNNING}
 
     # -- spares and templates --------------------------------------------------
-    def take_spare(self, rootfs: Path, vcpu: int, memory_mib: int,
+    async def take_spare(self, rootfs: Path, vcpu: int, memory_mib: int,
                    disk_mib: int) -> SpareClaim | None:
         return self.spares.pop(0) if self.spares else None
 
-    def put_back(self, claim: SpareClaim) -> None:
+    async def put_back(self, claim: SpareClaim) -> None:
         self.spares.append(claim)
 
-    def want_spares(self, rootfs: Path, vcpu: int, memory_mib: int, disk_mib: int) -> None:
+    async def want_spares(self, rootfs: Path, vcpu: int, memory_mib: int, disk_mib: int) -> None:
         pass
 
     async def forget_template(self, path: Path) -> None:
