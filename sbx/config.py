@@ -56,10 +56,16 @@ class Settings(BaseSettings):
     # Memory given to gVisor on the host beyond memory_mib: the sentry, the
     # gofer and the reaction time of the in-sandbox memory guard.
     memory_headroom_mib: int = 256
+    # A cluster never places more on a node than its capacity times this
+    # (memory with headroom, vCPUs); 1.0: no overcommit.
+    overcommit: float = 1.0
     database_url: str | None = Field(default=None)
     # Where template root filesystems live (default DATA_DIR/templates); tests
     # point several data dirs at one cache to build `base` once.
     templates_path: Path | None = None
+    # Where pause snapshots go (default DATA_DIR/snapshots); a cluster's
+    # nodes share one (NFS, CephFS, EFS) so a paused sandbox resumes anywhere.
+    snapshot_dir: Path | None = None
     # Egress: the resolver sandboxes' allowed names are forwarded to
     # ("ip" or "ip:port"; default: the first nameserver of /etc/resolv.conf).
     egress_upstream_dns: str | None = None
@@ -117,6 +123,12 @@ class Settings(BaseSettings):
         """Templates built from Dockerfiles: always this server's own (the
         templates_path cache is for the built-in one)."""
         return self.data_dir / "templates"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        """Pause snapshots: in a cluster, storage every node reads (so a
+        paused sandbox resumes on any node)."""
+        return self.snapshot_dir or self.data_dir / "snapshots"
 
     @property
     def sandboxes_dir(self) -> Path:

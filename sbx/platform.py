@@ -1,6 +1,10 @@
-"""The composition root of a single-machine sbx: store, node agent, sandbox
-service, and their background duties (template build, timeouts,
-reconciliation). The API and the gateway are built on top of it."""
+"""The composition root: store, node(s), sandbox service, and their
+background duties (template build, timeouts, reconciliation). The API and
+the gateway are built on top of it.
+
+Two shapes: `sbx server` (one node, the agent, in this process) and
+`sbx api` (a cluster's control plane: nodes registered in the store,
+reached over the wire, no root needed)."""
 
 from __future__ import annotations
 
@@ -14,8 +18,10 @@ from pathlib import Path
 from sbx.config import Settings
 from sbx.core import accounts, metering, templates, wallet_guard
 from sbx.core.audit import AuditWriter
+from sbx.core.cluster import Cluster
 from sbx.core.egress_control import EgressControl
 from sbx.core.errors import Unavailable
+from sbx.core.fleet import Fleet, OneNode
 from sbx.core.pool import WarmPool
 from sbx.core.sandboxes import SandboxService
 from sbx.core.template_builds import TemplateBuilds
@@ -32,17 +38,27 @@ DEFAULT_ORG = "default"
 
 
 class Platform:
-    def __init__(self, settings: Settings, progress: Callable[[str], None] | None = None) -> None:
+    def __init__(self, settings: Settings, progress: Callable[[str], None] | None = None,
+                 cluster: bool = False) -> None:
         self.settings = settings
         self.db = Database(settings.db_url)
         self.audit = AuditWriter(self.db)
-        self.agent = NodeAgent(settings, audit=self.audit.submit)
-        self.sandboxes = SandboxService(self.db, self.agent, settings)
-        self.egress = EgressControl(self.db, self.agent, self.sandboxes)
+        self.agent: NodeAgent | None = None
+        self.cluster: Cluster | None = None
+        fleet: Fleet
+        if cluster:
+            self.cluster = fleet = Cluster(self.db, settings)
+        else:
+            self.agent = NodeAgent(settings, audit=self.audit.submit)
+            fleet = OneNode(self.agent)
+        self.fleet = fleet
+        self.sandboxes = SandboxService(self.db, fleet, settings, sole=not cluster)
+        self.egress = EgressControl(self.db, self.sandboxes)
         self.pool = WarmPool(self.db, self.sandboxes, settings)
         layers = LayerStore(settings.data_dir / "layers")
-        self.templates = TemplateBuilds(self.db, self.agent, Builder(self.agent, layers), layers,
-                                        settings)
+        self.templates = TemplateBuilds(
+            self.db, fleet, Builder(self.agent, layers) if self.agent is not None else None,
+            layers, settings)
         self.ready = asyncio.Event()
         self.failure: str | None = None
         self.progress = progress or (lambda line: log.info("%s", line))
@@ -55,7 +71,10 @@ class Platform:
         await self.bootstrap()
         await self.pool.ensure_org()
         self.audit.start()
-        await self.agent.setup()
+        if self.agent is not None:
+            await self.agent.setup()
+        if self.cluster is not None:
+            await self.cluster.refresh()
         # The nft table was rebuilt: running sandboxes get their policies back
         # before anything else (until then their traffic is refused).
         await self.egress.resync()
@@ -63,6 +82,7 @@ class Platform:
         await self.templates.recover()
         self._tasks = [
             asyncio.create_task(self._prepare(), name="prepare"),
+            *([asyncio.create_task(self.cluster.run(), name="cluster")] if self.cluster else []),
             asyncio.create_task(self._loop(self.sandboxes.expire_due,
                                            self.settings.timeout_check_interval_s),
                                 name="timeouts"),
@@ -109,12 +129,17 @@ class Platform:
 
     async def _prepare(self) -> None:
         try:
-            base = await templates.ensure_base(self.db, self.settings, self.progress)
+            base = await templates.ensure_base(self.db, self.settings, self.progress,
+                                               build=self.agent is not None)
         except Exception as exc:
             self.failure = f"building the base template failed: {exc}"
             log.exception("template build failed")
             return
         self.ready.set()
+        if self.agent is None:
+            # A cluster's nodes build their own template snapshots and spares.
+            await self.pool.run()
+            return
         # Snapshots of the usual sizes, so that first creates are fast too.
         for size in self.settings.prewarm_snapshots:
             vcpu, _, memory = size.partition("x")
@@ -157,6 +182,9 @@ class Platform:
                 await task
         await self.templates.stop()
         await self.sandboxes.stop_expiring()
-        await self.agent.close()
+        if self.agent is not None:
+            await self.agent.close()
+        if self.cluster is not None:
+            await self.cluster.close()
         await self.audit.stop()
         await self.db.close()

@@ -11,15 +11,18 @@ from fastapi.responses import JSONResponse
 
 from sbx import __version__
 from sbx.api import errors
-from sbx.api.routes import admin, egress, sandboxes, templates, usage, v1_sandbox
+from sbx.api.routes import admin, egress, nodes, sandboxes, templates, usage, v1_sandbox
 from sbx.config import Settings
 from sbx.gateway.proxy import Gateway
 from sbx.platform import Platform
 
 
 def create_app(settings: Settings, progress: Callable[[str], None] | None = None,
-               on_ready: Callable[[Platform], None] | None = None) -> Any:
-    platform = Platform(settings, progress)
+               on_ready: Callable[[Platform], None] | None = None, cluster: bool = False
+               ) -> Any:
+    """cluster: a cluster's control plane (`sbx api`), its nodes over the
+    wire; else the all-in-one server with its own node."""
+    platform = Platform(settings, progress, cluster=cluster)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -51,5 +54,6 @@ def create_app(settings: Settings, progress: Callable[[str], None] | None = None
     app.include_router(usage.router)
     app.include_router(admin.router)
     app.include_router(templates.router)
+    app.include_router(nodes.router)
     gateway = Gateway(app, platform.sandboxes)
     return gateway

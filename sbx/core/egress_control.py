@@ -18,7 +18,6 @@ from pathlib import Path
 from sbx.core.errors import Conflict
 from sbx.core.lifecycle import SandboxState
 from sbx.core.sandboxes import SandboxService
-from sbx.nodeapi.contract import Node
 from sbx.shared.policy import NetworkPolicy
 from sbx.shared.security import stored_security
 from sbx.store import repo
@@ -33,9 +32,8 @@ CHANGEABLE = (S.RUNNING, S.PAUSED)
 
 
 class EgressControl:
-    def __init__(self, db: Database, node: Node, sandboxes: SandboxService) -> None:
+    def __init__(self, db: Database, sandboxes: SandboxService) -> None:
         self.db = db
-        self.node = node
         self.sandboxes = sandboxes
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -54,15 +52,17 @@ class EgressControl:
                 fresh = await repo.sandbox(s, sandbox_id)
             assert fresh is not None
             if fresh.state == S.RUNNING:
-                await self.node.set_policy(sandbox_id, policy)
+                await self.sandboxes.node_of(fresh).set_policy(sandbox_id, policy)
             return fresh
 
     async def resync(self) -> None:
         """Give every running sandbox of the store the policy it has there."""
         async with self.db.session() as s:
             rows = await repo.sandboxes(s, None, [S.RUNNING])
+        # A lost node's sandboxes get theirs when it is back.
+        members = await self.sandboxes.fleet.members()
         for row in rows:
-            if row.ip_slot is None:
+            if row.ip_slot is None or row.node_id not in members:
                 continue
             try:
                 await self._resync_one(row.id)
@@ -80,7 +80,7 @@ class EgressControl:
             rootfs = row.rootfs or (tpl.rootfs if tpl is not None else None)
             if rootfs is None:
                 return
-            if await self.node.sync_policy(
+            if await self.sandboxes.node_of(row).sync_policy(
                     sandbox_id, row.ip_slot, policy,
                     stored_security((row.extra or {}).get("security")), row.envd_token,
                     Path(rootfs)):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from sbx.config import Settings
 from sbx.core import accounts
+from sbx.core.fleet import Shape
 from sbx.core.lifecycle import SandboxState
 from sbx.core.sandboxes import CreateSpec, SandboxService
 from sbx.core.templates import BASE, template_id
@@ -126,11 +127,14 @@ class WarmPool:
         spec = CreateSpec(template=BASE, vcpu=size.vcpu, memory_mib=size.memory_mib,
                           timeout_s=None, surface="pool")
         try:
+            node_id = await svc.fleet.place(Shape(size.vcpu, size.memory_mib, tpl.disk_mib,
+                                                  tpl.rootfs))
             try:
                 async with self.db.transaction() as s:
-                    row = await svc._insert(s, svc.pool_org, sandbox_id, tpl, spec, "warm pool")
+                    row = await svc._insert(s, svc.pool_org, sandbox_id, tpl, spec, node_id,
+                                            "warm pool")
             except BaseException:
-                await asyncio.shield(svc.node.release_slot(sandbox_id))
+                await asyncio.shield(svc.fleet.node(node_id).release_slot(sandbox_id))
                 raise
             how: list[str] = []
 

@@ -6,6 +6,7 @@ the others."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sbx.config import Settings
 from sbx.core import billing, limits
 from sbx.core.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable
+from sbx.core.fleet import Fleet, NodeGone, Shape
 from sbx.core.lifecycle import LIVE, SandboxState
 from sbx.nodeapi.contract import Node, OnUp, RuntimeState, SandboxPlan, SpareClaim, StartFailed
 from sbx.shared import ids
@@ -31,6 +33,10 @@ from sbx.store.models import Sandbox, Template
 
 log = logging.getLogger(__name__)
 S = SandboxState
+
+# With control plane replicas: a create, pause or resume still unfinished
+# after this is one whose replica died (none takes anywhere near as long).
+STALE_S = 600.0
 
 
 @dataclass
@@ -57,9 +63,15 @@ class CreateSpec:
 
 
 class SandboxService:
-    def __init__(self, db: Database, node: Node, settings: Settings) -> None:
+    def __init__(self, db: Database, fleet: Fleet, settings: Settings,
+                 sole: bool = True) -> None:
+        """sole: this process is the only control plane (`sbx server`), so a
+        transition it is not making itself is one a crash cut short. With
+        replicas (`sbx api`), another one may be making it: only a
+        transition left unfinished for STALE_S is recovered."""
         self.db = db
-        self.node = node
+        self.fleet = fleet
+        self.sole = sole
         self.settings = settings
         self._org_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._sandbox_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -83,34 +95,40 @@ class SandboxService:
             raise InvalidRequest(
                 [FieldError(spec.template_field, f"unknown template {spec.template!r}")]
             )
+        vcpu, memory = spec.vcpu or tpl.vcpu, spec.memory_mib or tpl.memory_mib
+        node_id = await self.fleet.place(Shape(vcpu, memory, tpl.disk_mib, tpl.rootfs))
+        node = self.fleet.node(node_id)
         # A sandbox created ahead for this shape, when there is one: the
         # new sandbox takes its id and address (see spare_runtimes).
-        spare = await self.node.take_spare(
-            Path(tpl.rootfs), spec.vcpu or tpl.vcpu, spec.memory_mib or tpl.memory_mib,
-            tpl.disk_mib)
+        spare = await node.take_spare(Path(tpl.rootfs), vcpu, memory, tpl.disk_mib)
         sandbox_id = spare.id if spare is not None else ids.sandbox_id()
         self._starting.add(sandbox_id)
         try:
-            return await self._create(org_id, sandbox_id, tpl, spec, spare)
+            return await self._create(org_id, sandbox_id, tpl, spec, node_id, spare)
         finally:
             self._starting.discard(sandbox_id)
 
+    def node_of(self, row: Sandbox) -> Node:
+        """The node that holds the sandbox (NodeGone if it is lost)."""
+        return self.fleet.node(row.node_id)
+
     async def _create(
         self, org_id: str, sandbox_id: str, tpl: Template, spec: CreateSpec,
-        spare: SpareClaim | None = None,
+        node_id: str | None, spare: SpareClaim | None = None,
     ) -> Sandbox:
         t0 = time.perf_counter()
+        node = self.fleet.node(node_id)
         try:
-            admitted = await self._admit(org_id, sandbox_id, tpl, spec, spare)
+            admitted = await self._admit(org_id, sandbox_id, tpl, spec, node_id, spare)
         except BaseException:
             if spare is not None:
-                await asyncio.shield(self.node.put_back(spare))
+                await asyncio.shield(node.put_back(spare))
             else:
-                await asyncio.shield(self.node.release_slot(sandbox_id))
+                await asyncio.shield(node.release_slot(sandbox_id))
             raise
         if isinstance(admitted, tuple):
             if spare is not None:
-                await asyncio.shield(self.node.put_back(spare))
+                await asyncio.shield(node.put_back(spare))
             pool_token, pooled = admitted
             return await self._adopt(pooled, tpl, pool_token)
         row = admitted
@@ -138,7 +156,8 @@ class SandboxService:
         return running[0]
 
     async def _admit(self, org_id: str, sandbox_id: str, tpl: Template, spec: CreateSpec,
-                     spare: SpareClaim | None) -> Sandbox | tuple[str, Sandbox]:
+                     node_id: str | None, spare: SpareClaim | None
+                     ) -> Sandbox | tuple[str, Sandbox]:
         """The create's checks and its row (state starting), or a pooled
         sandbox taken for it (the pool's token and the row)."""
         # The count and the insert happen under one lock per organisation,
@@ -157,21 +176,21 @@ class SandboxService:
             taken = await self._take_pooled(s, org_id, tpl, spec)
             if taken is not None:
                 return taken
-            return await self._insert(s, org_id, sandbox_id, tpl, spec,
+            return await self._insert(s, org_id, sandbox_id, tpl, spec, node_id,
                                       slot=spare.slot if spare is not None else None)
 
     async def _insert(self, s: AsyncSession, org_id: str, sandbox_id: str, tpl: Template,
-                      spec: CreateSpec, detail: str | None = None,
+                      spec: CreateSpec, node_id: str | None, detail: str | None = None,
                       slot: int | None = None) -> Sandbox:
-        """A new row in state starting, with a free address slot of the node
-        or the one given (a spare runtime's)."""
+        """A new row in state starting on node_id, with a free address slot
+        of that node or the one given (a spare runtime's)."""
         if slot is None:
-            slot = await self.node.reserve_slot(sandbox_id)
+            slot = await self.fleet.node(node_id).reserve_slot(sandbox_id)
         row = Sandbox(
             id=sandbox_id, org_id=org_id, template_id=tpl.id, state=S.STARTING,
             vcpu=spec.vcpu or tpl.vcpu, memory_mib=spec.memory_mib or tpl.memory_mib,
             disk_mib=tpl.disk_mib, timeout_at=None, ip_slot=slot, created_at=repo.now(),
-            rootfs=tpl.rootfs,
+            rootfs=tpl.rootfs, node_id=node_id,
             **_owned(spec),
         )
         s.add(row)
@@ -183,7 +202,7 @@ class SandboxService:
         (StartFailed, or the caller going away) leaves nothing: the row goes
         with the resources."""
         try:
-            await asyncio.shield(self.node.start(self._plan(row, tpl), on_up))
+            await asyncio.shield(self.node_of(row).start(self._plan(row, tpl), on_up))
         except (StartFailed, asyncio.CancelledError):
             await self._forget(row.id)
             raise
@@ -221,9 +240,9 @@ class SandboxService:
         sandbox_id = row.id
         try:
             try:
-                await asyncio.shield(self.node.adopt(self._plan(row, tpl), pool_token))
+                await asyncio.shield(self.node_of(row).adopt(self._plan(row, tpl), pool_token))
             except Exception as exc:
-                await asyncio.shield(self.node.stop(sandbox_id))
+                await asyncio.shield(self.node_of(row).stop(sandbox_id))
                 await self._forget(sandbox_id)
                 raise Unavailable(f"The sandbox failed to start: {exc}") from exc
             return row
@@ -276,7 +295,7 @@ class SandboxService:
 
     def address(self, row: Sandbox) -> str:
         assert row.ip_slot is not None
-        return self.node.address(row.ip_slot)
+        return self.fleet.address(row.node_id, row.ip_slot)
 
     # -- change ----------------------------------------------------------------
     async def set_timeout(self, org_id: str | None, sandbox_id: str, seconds: int) -> Sandbox:
@@ -308,17 +327,24 @@ class SandboxService:
                 return row
             if only_if_lost and (
                 row.state not in (S.RUNNING, S.DELETING, S.POOLED)
-                or await self.node.runtime_state(sandbox_id) == RuntimeState.RUNNING
+                or await self.node_of(row).runtime_state(sandbox_id) == RuntimeState.RUNNING
             ):
                 return row
             if row.state == S.STARTING:
                 raise Conflict(f"Sandbox {sandbox_id} is still starting")
+            try:
+                node: Node | None = self.node_of(row)
+            except NodeGone:
+                # Deleted all the same: the record goes now, and the node
+                # removes what it still holds when it is back (reconcile).
+                node = None
             if row.state != S.DELETING:
                 self._leaving(sandbox_id)
                 async with self.db.transaction() as s:
                     if not await repo.set_state(s, sandbox_id, row.state, S.DELETING, reason):
                         raise Conflict(f"Sandbox {sandbox_id} changed state; retry")
-            await asyncio.shield(self.node.forget(sandbox_id))
+            if node is not None:
+                await asyncio.shield(node.forget(sandbox_id))
             async with self.db.transaction() as s:
                 await repo.set_state(s, sandbox_id, S.DELETING, final, reason)
                 fresh = await repo.sandbox(s, sandbox_id)
@@ -337,13 +363,14 @@ class SandboxService:
                 raise Conflict(f"Sandbox {sandbox_id} is already paused")
             if row.state != S.RUNNING:
                 raise Conflict(f"Sandbox {sandbox_id} is {row.state}; only a running one pauses")
+            node = self.node_of(row)  # before any write: a lost node changes nothing
             self._leaving(sandbox_id)
             async with self.db.transaction() as s:
                 if not await repo.set_state(s, sandbox_id, S.RUNNING, S.SNAPSHOTTING, reason):
                     raise Conflict(f"Sandbox {sandbox_id} changed state; retry")
             try:
                 snap = await asyncio.shield(
-                    self.node.pause(sandbox_id, row.ip_slot or 0, row.envd_token)
+                    node.pause(sandbox_id, row.ip_slot or 0, row.envd_token)
                 )
             except Exception as exc:
                 # The agent unfroze it: the sandbox runs on as before.
@@ -364,8 +391,14 @@ class SandboxService:
                      timeout_s: int | None = None) -> tuple[Sandbox, bool]:
         """paused → unpausing → running, same id, tokens, env, policy and
         address. Answers the sandbox and whether it was resumed (False: it
-        was running already)."""
+        was running already). In a cluster, a sandbox whose node no longer
+        takes sandboxes (draining, lost) resumes on another one (its
+        snapshot is on storage every node reads), at an address there."""
         async with self._sandbox_locks[sandbox_id]:
+            async with self.db.session() as s:
+                row = await repo.sandbox(s, sandbox_id)
+            moved = await self._move_if_needed(row) if row is not None and \
+                row.state == S.PAUSED else None
             async with self.db.transaction() as s:
                 # One transaction for every check (a resume is timed to the ms).
                 row = await repo.sandbox(s, sandbox_id)
@@ -382,12 +415,22 @@ class SandboxService:
                 org = await repo.org_by_id(s, row.org_id)
                 assert org is not None
                 # An empty enforced wallet paused it, or would at once.
-                await billing.check_wallets(s, org, guardrails=False)
-                if not await repo.set_state(s, sandbox_id, S.PAUSED, S.UNPAUSING):
+                try:
+                    await billing.check_wallets(s, org, guardrails=False)
+                    if moved is not None:
+                        row.node_id, row.ip_slot = moved
+                    node = self.node_of(row)
+                except BaseException:
+                    if moved is not None:
+                        await asyncio.shield(
+                            self.fleet.node(moved[0]).release_slot(sandbox_id))
+                    raise
+                if not await repo.set_state(s, sandbox_id, S.PAUSED, S.UNPAUSING,
+                                            f"on node {moved[0]}" if moved else None):
                     raise Conflict(f"Sandbox {sandbox_id} changed state; retry")
                 plan = self._plan(row, tpl)
             try:
-                await asyncio.shield(self.node.resume(plan))
+                await asyncio.shield(node.resume(plan))
             except (StartFailed, Exception) as exc:
                 async with self.db.transaction() as s:
                     await repo.set_state(s, sandbox_id, S.UNPAUSING, S.PAUSED,
@@ -403,8 +446,24 @@ class SandboxService:
                     fresh.timeout_s = timeout_s or None
                 if fresh.timeout_s:
                     fresh.timeout_at = repo.now() + timedelta(seconds=fresh.timeout_s)
-            await self.node.discard_spent(sandbox_id)
+            await self.node_of(fresh).discard_spent(sandbox_id)
             return fresh, True
+
+    async def _move_if_needed(self, row: Sandbox) -> tuple[str | None, int] | None:
+        """(node, slot) a paused sandbox resumes on when its own node takes
+        no sandboxes now; None: it stays where it is."""
+        if self.fleet.accepts(row.node_id):
+            return None
+        node_id = await self.fleet.place(Shape(row.vcpu, row.memory_mib, row.disk_mib,
+                                               row.rootfs or ""))
+        slot = await self.fleet.node(node_id).reserve_slot(row.id)
+        with contextlib.suppress(Exception):
+            # Its old node (if it answers) lets the address go; else its
+            # reconcile does, once the record names another node.
+            await self.fleet.node(row.node_id).release_slot(row.id)
+        log.info("sandbox %s resumes on node %s (its node %s takes no sandboxes)", row.id,
+                 node_id, row.node_id)
+        return node_id, slot
 
     # -- background duties -------------------------------------------------------
     async def expire_due(self) -> None:
@@ -448,23 +507,39 @@ class SandboxService:
         are removed; a live sandbox whose runtime is gone is marked."""
         async with self.db.session() as s:
             rows = await repo.sandboxes(s, None, LIVE)
+            stale = await self._stale(s, rows)
         in_flight = set(self._starting)
         busy = {k for k, lock in self._sandbox_locks.items() if lock.locked()}
         for r in rows:
-            if r.id not in busy and r.state in (S.SNAPSHOTTING, S.UNPAUSING):
-                await self._recover(r)
+            if r.id not in busy and r.id in stale and r.state in (S.SNAPSHOTTING, S.UNPAUSING):
+                try:
+                    await self._recover(r)
+                except Exception:
+                    # Its node is lost or failed: the next pass tries again.
+                    log.exception("recovering %s failed", r.id)
         async with self.db.session() as s:
             rows = await repo.sandboxes(s, None, LIVE)
-        keep = {r.id: r.ip_slot for r in rows if r.state != S.STARTING or r.id in in_flight}
-        keep.update((sandbox_id, None) for sandbox_id in in_flight if sandbox_id not in keep)
+        members = await self.fleet.members()
         # A sandbox left starting by a dead server never got its 201.
         for r in rows:
             # (_starting as it is now: a create that began during this pass
             # has its row starting and is no leftover.)
-            if r.state == S.STARTING and r.id not in self._starting:
-                await self.node.stop(r.id)
+            if r.state == S.STARTING and r.id not in self._starting and r.id in stale and \
+                    r.node_id in members:
+                await members[r.node_id].stop(r.id)
                 await self._forget(r.id)
-        dead = await self.node.reconcile(keep, self._starting) - in_flight
+        dead: set[str] = set()
+        for node_id, node in members.items():
+            keep = {r.id: r.ip_slot for r in rows if r.node_id == node_id
+                    and (r.state != S.STARTING or r.id in in_flight)}
+            # Creates under way on any node (their rows may not be written yet).
+            keep.update((sid, None) for sid in in_flight if sid not in keep)
+            try:
+                dead |= await node.reconcile(keep, self._starting) - in_flight
+            except Exception as exc:
+                # An unreachable node is not reconciled (its sandboxes are not
+                # lost because it did not answer); the next pass tries again.
+                log.warning("reconciling node %s failed: %s", node_id or "local", exc)
         for r in rows:
             if r.id in dead and r.state in (S.RUNNING, S.DELETING, S.POOLED):
                 log.warning("sandbox %s seems gone from the host; marking it if so", r.id)
@@ -475,26 +550,39 @@ class SandboxService:
                 except Exception:
                     log.exception("marking %s failed", r.id)
 
+    async def _stale(self, s: AsyncSession, rows: Sequence[Sandbox]) -> set[str]:
+        """Which rows in a transitional state (starting, snapshotting,
+        unpausing) nobody is moving any more: all of them but this
+        process's own when it is the sole control plane; else those whose
+        last transition is older than STALE_S."""
+        moving = [r.id for r in rows if r.state in (S.STARTING, S.SNAPSHOTTING, S.UNPAUSING)]
+        if self.sole:
+            return set(moving)
+        since = await repo.last_transition(s, moving)
+        cut = repo.now() - timedelta(seconds=STALE_S)
+        return {sid for sid in moving if sid not in since or since[sid] < cut}
+
     async def _recover(self, row: Sandbox) -> None:
         """A pause or resume cut short by a crash: end up paused (with a
         complete, verified snapshot) or running, never lost."""
-        sealed = await self.node.snapshot_sealed(row.id)
-        state = await self.node.runtime_state(row.id)
+        node = self.node_of(row)
+        sealed = await node.snapshot_sealed(row.id)
+        state = await node.runtime_state(row.id)
         if row.state == S.SNAPSHOTTING:
             if sealed:
-                await self.node.stop(row.id)
+                await node.stop(row.id)
                 dst, why = S.PAUSED, "recovered: snapshot complete"
             else:
                 # The image never got sealed; the frozen sandbox is intact.
-                await self.node.unfreeze(row.id)
-                await self.node.drop_snapshot(row.id)
+                await node.unfreeze(row.id)
+                await node.drop_snapshot(row.id)
                 dst, why = S.RUNNING, "recovered: pause did not complete"
         else:  # UNPAUSING
             if state == RuntimeState.RUNNING and row.ip_slot is not None and \
-                    await self.node.is_alive(row.id, row.ip_slot):
+                    await node.is_alive(row.id, row.ip_slot):
                 dst, why = S.RUNNING, "recovered: resume had completed"
             else:
-                await self.node.stop(row.id)
+                await node.stop(row.id)
                 dst, why = S.PAUSED, "recovered: resume did not complete"
         log.warning("sandbox %s: %s", row.id, why)
         async with self.db.transaction() as s:
@@ -504,7 +592,7 @@ class SandboxService:
                 if fresh is not None and fresh.timeout_s:
                     fresh.timeout_at = repo.now() + timedelta(seconds=fresh.timeout_s)
         if dst == S.RUNNING:
-            await self.node.discard_spent(row.id)
+            await node.discard_spent(row.id)
 
 
 def _owned(spec: CreateSpec) -> dict[str, Any]:

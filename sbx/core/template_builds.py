@@ -33,10 +33,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sbx.config import Settings
 from sbx.core import build_log, limits
 from sbx.core.accounts import KeyAuth
-from sbx.core.errors import Conflict, FieldError, Forbidden, InvalidRequest, NotFound
+from sbx.core.errors import (
+    Conflict,
+    FieldError,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    NotSupported,
+)
+from sbx.core.fleet import Fleet, Shape
 from sbx.core.lifecycle import LIVE
 from sbx.core.templates import BASE, template_id
-from sbx.nodeapi.contract import Node
 from sbx.shared.policy import NetworkPolicy, default_policy
 from sbx.store import repo
 from sbx.store.db import Database
@@ -76,10 +83,12 @@ class _Running:
 
 
 class TemplateBuilds:
-    def __init__(self, db: Database, node: Node, builder: Builder, layers: LayerStore,
+    def __init__(self, db: Database, fleet: Fleet, builder: Builder | None, layers: LayerStore,
                  settings: Settings) -> None:
+        """builder None: this control plane has no node of its own to build
+        on (`sbx api`), and builds are refused."""
         self.db = db
-        self.node = node
+        self.fleet = fleet
         self.settings = settings
         self.layers = layers
         self.builder = builder
@@ -128,6 +137,9 @@ class TemplateBuilds:
             raise InvalidRequest([FieldError("name", f"{req.name!r} is the built-in template")])
         if req.public and not caller.is_admin:
             raise Forbidden("public templates need an admin key")
+        if self.builder is None:
+            raise NotSupported("template builds run on the all-in-one `sbx server` for now; "
+                               "a cluster's control plane cannot build them yet")
         build_id = "bld-" + secrets.token_hex(6)
         work = self.builds_dir / build_id
         ctx_dir = work / "context"
@@ -233,6 +245,7 @@ class TemplateBuilds:
                 blog.emit({"type": "phase", "phase": "queued"})
             async with self._slot:
                 blog.emit({"type": "phase", "phase": "building"})
+                assert self.builder is not None
                 result = await self.builder.build(job, blog.emit)
                 blog.emit({"type": "phase", "phase": "snapshot"})
                 await self._snapshot(job, result.config)
@@ -262,7 +275,8 @@ class TemplateBuilds:
         """The version's template snapshot for its own size, so creates from
         it restore as fast as from base; its start command must get ready."""
         try:
-            await self.node.prepare_template(
+            node_id = await self.fleet.place(Shape(job.vcpu, job.memory_mib, 0, str(job.dest)))
+            await self.fleet.node(node_id).prepare_template(
                 job.dest, job.vcpu, job.memory_mib,
                 ready_s=float(config.get("ready_timeout_s") or 60), strict=True)
         except Exception as exc:
@@ -394,7 +408,7 @@ class TemplateBuilds:
                     TemplateBuild.template_id == tpl.id,
                     TemplateBuild.status == "ready"))).scalars().all():
                 b.status = "retired"
-        await self.node.forget_template(self.settings.custom_templates_dir / name)
+        await self._forget_everywhere(self.settings.custom_templates_dir / name)
         await asyncio.to_thread(shutil.rmtree, self.settings.custom_templates_dir / name, True)
         await self._prune_layers()
 
@@ -413,8 +427,13 @@ class TemplateBuilds:
                     b.status = "retired"
                     gone.append(self.version_dir(b))
         for path in gone:
-            await self.node.forget_template(path)
+            await self._forget_everywhere(path)
             await asyncio.to_thread(shutil.rmtree, path, True)
+
+    async def _forget_everywhere(self, path: Path) -> None:
+        """A template version is going: every node drops its spares of it."""
+        for node in (await self.fleet.members()).values():
+            await node.forget_template(path)
 
     async def _prune_layers(self) -> None:
         async with self.db.session() as s:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from sbx.config import Settings
@@ -18,15 +17,14 @@ def template_id(name: str) -> str:
     return f"tpl-{name}"
 
 
-async def ensure_base(db: Database, settings: Settings, progress: rootfs.Progress) -> Template:
+async def ensure_base(db: Database, settings: Settings, progress: rootfs.Progress,
+                      build: bool = True) -> Template:
+    """The base template's record, its rootfs built (or brought up to date)
+    first when build is set. A cluster's control plane only records it:
+    each node builds the same path on its own host (`sbx node`)."""
     path: Path = settings.templates_dir / BASE / "rootfs"
-    if not (path / "usr/bin/python3").exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        await rootfs.build_base(path, progress)
-    else:
-        # An upgraded sbx brings a new envd (and tuning) into the existing template.
-        await asyncio.to_thread(rootfs.tune_profile, path)
-        await asyncio.to_thread(rootfs.install_envd, path)
+    if build:
+        await rootfs.ensure_base(path, progress)
     async with db.transaction() as s:
         tpl = await repo.template_by_id(s, template_id(BASE))
         if tpl is None:

@@ -48,6 +48,9 @@ from sbx.shared.security import SecurityPolicy
 
 log = logging.getLogger(__name__)
 
+# A create reserves its slot, then its row is written, then it starts; until
+# then only the slot says it is under way (whichever replica asked).
+FRESH_RESERVATION_S = 120.0
 # A restore that has not brought envd up by then is broken: boot cold instead.
 RESTORE_READY_S = 10.0
 ENVD_ARGS = ["/usr/bin/python3", "-I", "/opt/sbx/envd-launch.py"]
@@ -82,6 +85,8 @@ class NodeAgent:
         self.fingerprint = _fingerprint(settings.runsc)
         # Template snapshots being made: their sandboxes are in no store.
         self._building: set[str] = set()
+        # Sandboxes being started or resumed here (the reconcile leaves them).
+        self._starting: set[str] = set()
         self._build_locks: defaultdict[Path, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Task[object]] = set()
         self.egress = EgressService(settings, self.table, audit or discard)
@@ -211,12 +216,14 @@ class NodeAgent:
         is up, alongside the wait for envd (the caller's bookkeeping then
         costs the create nothing); it may run twice when a restore fails
         late and the sandbox boots cold. A failed start gives its slot back."""
+        self._starting.add(plan.id)
         try:
             return await self._start(plan, on_up)
         except BaseException:
             self.slots.release(plan.id)
             raise
         finally:
+            self._starting.discard(plan.id)
             # A spare the start never got to (it failed before the restore).
             spare = self._claimed.pop(plan.id, None)
             if spare is not None:
@@ -598,7 +605,7 @@ class NodeAgent:
 
     # -- snapshots ------------------------------------------------------------
     def snapshot_path(self, sandbox_id: str) -> Path:
-        return self.settings.data_dir / "snapshots" / sandbox_id
+        return self.settings.snapshots_dir / sandbox_id
 
     async def pause(self, sandbox_id: str, slot: int, envd_token: str) -> Paused:
         """Checkpoint the sandbox into a sealed snapshot, then free every
@@ -637,15 +644,18 @@ class NodeAgent:
         self.runtimes.want(key)
         spare = self.runtimes.take(key)
         self.slots.bind(plan.id, plan.slot)
+        # Resumed on another node than it paused on: its egress CA is new
+        # here, and goes into its trust store with /init.
+        fresh_ca = not self.egress_dir(plan.id).exists()
         if spare is not None and await self._take_on(plan, spare):
             try:
-                await self._bring_up(plan, final, trust_store=False)
+                await self._bring_up(plan, final, trust_store=fresh_ca)
                 return
             except StartFailed as exc:
                 # Everything of the spare is gone again; the image is not.
                 log.warning("sandbox %s: resume into a spare failed (%s); restoring anew",
                             plan.id, exc)
-        await self._bring_up(plan, final, trust_store=False)
+        await self._bring_up(plan, final, trust_store=fresh_ca)
 
     async def _take_on(self, plan: SandboxPlan, spare: Spare) -> bool:
         """The spare becomes the runtime of plan's (paused) sandbox: its
@@ -683,11 +693,13 @@ class NodeAgent:
         """Spent images a stopped server did not get to remove."""
         await asyncio.to_thread(snapshots.remove_set_aside, self.snapshot_path("x").parent)
 
-    async def forget(self, sandbox_id: str) -> None:
-        """stop(), and remove the sandbox's snapshot and slot too."""
+    async def forget(self, sandbox_id: str, snapshot: bool = True) -> None:
+        """stop(), and remove the sandbox's slot, egress CA and (unless told
+        not to) its snapshot too."""
         await self.stop(sandbox_id)
         self.slots.release(sandbox_id)
-        await asyncio.to_thread(snapshots.remove, self.snapshot_path(sandbox_id))
+        if snapshot:
+            await asyncio.to_thread(snapshots.remove, self.snapshot_path(sandbox_id))
         await asyncio.to_thread(shutil.rmtree, self.egress_dir(sandbox_id), True)
 
     async def stop(self, sandbox_id: str) -> None:
@@ -735,11 +747,16 @@ class NodeAgent:
         if self.settings.sandboxes_dir.exists():
             ids.update(p.name for p in self.settings.sandboxes_dir.iterdir())
         ids.update(self.runtime.leftover_cgroups())
-        snaps = self.settings.data_dir / "snapshots"
-        if snaps.exists():
+        snaps = self.settings.snapshots_dir
+        # A shared snapshot dir (a cluster's) holds other nodes' snapshots
+        # too, and a paused sandbox may resume on any node: they are not
+        # this host's leftovers. (Its snapshots go with forget and resume.)
+        if snaps.exists() and self.settings.snapshot_dir is None:
             ids.update(p.name.split(".")[0] for p in snaps.iterdir())
         ids.update(await self.egress.firewall_ids())
         ids.update(self.egress.attached())
+        # A slot is held for a sandbox too (a paused one has nothing else).
+        ids.update(self.slots.holders())
         egress_root = self.settings.data_dir / "egress"
         if egress_root.exists():
             ids.update(p.name for p in egress_root.iterdir())
@@ -759,18 +776,26 @@ class NodeAgent:
                 self.slots.bind(sandbox_id, slot)
         present = await self.host_sandboxes()
         for sandbox_id in sorted(present - set(keep)):
-            if sandbox_id in self._building or sandbox_id in in_flight:
+            if sandbox_id in self._building or sandbox_id in in_flight or \
+                    sandbox_id in self._starting or \
+                    sandbox_id in self.slots.reserved_within(FRESH_RESERVATION_S):
                 continue
             log.info("reconcile: removing leftover sandbox %s", sandbox_id)
             try:
-                await self.forget(sandbox_id)
+                # In a shared snapshot dir, a leftover here may be a sandbox
+                # that moved to another node: its snapshot is not ours.
+                await self.forget(sandbox_id, snapshot=self.settings.snapshot_dir is None)
             except Exception:
                 # The next pass tries again; one stuck leftover must not
                 # stop the others going (or the server starting).
                 log.exception("reconcile: removing %s failed", sandbox_id)
         running = await self.runtime.list()
-        return {s for s in set(keep) - self._building
+        dead = {s for s in set(keep) - self._building - self._starting
                 if running.get(self.rid(s)) != RuntimeState.RUNNING}
+        for sandbox_id in sorted(dead & {s for s, slot in keep.items() if slot is not None}):
+            log.info("reconcile: sandbox %s is not running here (runtime: %s)", sandbox_id,
+                     running.get(self.rid(sandbox_id), "none"))
+        return dead
 
     async def close(self) -> None:
         """The node's own work stops; sandboxes run on (a restarted node

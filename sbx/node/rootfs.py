@@ -85,6 +85,17 @@ async def build_base(dest: Path, progress: Progress) -> None:
     progress("base template ready")
 
 
+async def ensure_base(path: Path, progress: Progress) -> None:
+    """The base rootfs at path: built on the first start, brought up to date
+    after (an upgraded sbx brings a new envd and tuning into it)."""
+    if not (path / "usr/bin/python3").exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        await build_base(path, progress)
+    else:
+        await asyncio.to_thread(tune_profile, path)
+        await asyncio.to_thread(install_envd, path)
+
+
 def configure(rootfs: Path) -> None:
     """Files every sandbox needs to find itself and its resolver without
     stalling (a lookup of its own name must not wait for a timeout)."""

@@ -9,6 +9,7 @@ snapshots, build steps) takes from the reserved slots at the pool's end."""
 from __future__ import annotations
 
 import logging
+import time
 
 from sbx.node.network.ipam import AddressPool
 
@@ -24,6 +25,9 @@ class Slots:
         self.pool = pool
         self._held: dict[str, int] = {}
         self._own: dict[str, int] = {}
+        # When each reservation was made (monotonic): a fresh one is a create
+        # under way, whichever control plane replica asked.
+        self._since: dict[str, float] = {}
 
     def take(self, holder: str) -> int:
         """A free slot for holder (its own again if it has one)."""
@@ -34,6 +38,7 @@ class Slots:
         except LookupError as exc:
             raise SlotsExhausted("the node's address pool is exhausted") from exc
         self._held[holder] = slot
+        self._since[holder] = time.monotonic()
         return slot
 
     def bind(self, holder: str, slot: int) -> None:
@@ -48,6 +53,12 @@ class Slots:
 
     def release(self, holder: str) -> None:
         self._held.pop(holder, None)
+        self._since.pop(holder, None)
+
+    def reserved_within(self, seconds: float) -> set[str]:
+        """Holders whose slot was reserved here less than seconds ago."""
+        cut = time.monotonic() - seconds
+        return {h for h, at in self._since.items() if at > cut and h in self._held}
 
     def of(self, holder: str) -> int | None:
         return self._held.get(holder)

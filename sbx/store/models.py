@@ -189,6 +189,43 @@ class Sandbox(Base):
     # The template version's root filesystem it was made from (a paused
     # sandbox resumes on it after a rebuild).
     rootfs: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The node that holds it (None: the one node inside `sbx server`).
+    node_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+
+
+class JoinToken(Base):
+    """What a node presents to register (`sbx admin node token`); only the
+    secret's hash is kept, and revoking it refuses the nodes it admitted."""
+
+    __tablename__ = "join_tokens"
+
+    id: Mapped[str] = mapped_column(String(24), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class NodeRow(Base):
+    """A host sandboxes are placed on (`sbx node`). Lost is not stored: a
+    node silent for longer than the heartbeat grace is lost when read."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    url: Mapped[str] = mapped_column(String(255))
+    subnet: Mapped[str] = mapped_column(String(43))
+    # Presented by the control plane to the node (the node checks it).
+    control_key: Mapped[str] = mapped_column(String(80))
+    # The node's own key for its calls to the control plane (hash only).
+    node_key_hash: Mapped[str] = mapped_column(String(64))
+    join_token_id: Mapped[str] = mapped_column(ForeignKey("join_tokens.id"))
+    draining: Mapped[bool] = mapped_column(default=False)
+    vcpu_total: Mapped[int] = mapped_column(Integer)
+    memory_mib_total: Mapped[int] = mapped_column(Integer)
+    disk_mib_total: Mapped[int] = mapped_column(Integer)
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime())
+    info: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class SandboxEvent(Base):

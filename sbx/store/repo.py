@@ -128,6 +128,16 @@ async def set_state(
     return True
 
 
+async def last_transition(s: AsyncSession, sandbox_ids: Sequence[str]) -> dict[str, datetime]:
+    """When each sandbox last changed state."""
+    if not sandbox_ids:
+        return {}
+    q = (select(SandboxEvent.sandbox_id, func.max(SandboxEvent.at))
+         .where(SandboxEvent.sandbox_id.in_(list(sandbox_ids)))
+         .group_by(SandboxEvent.sandbox_id))
+    return {sid: at for sid, at in (await s.execute(q)).tuples().all() if at is not None}
+
+
 async def set_network_policy(s: AsyncSession, sandbox_id: str, states: Sequence[str],
                              policy: dict[str, Any]) -> bool:
     """The sandbox's stored network policy, if it is in one of states."""

@@ -120,7 +120,10 @@ class FakeNode:
         for sandbox_id, slot in keep.items():
             if slot is not None:
                 self.slots[sandbox_id] = slot
-        for sandbox_id in list(self.runtimes):
+        # What the node has of a sandbox: its runtime, its snapshot, its slot
+        # (spares are the node's own, as the real node's are).
+        present = set(self.runtimes) | self.snapshots | set(self.slots)
+        for sandbox_id in present - {c.id for c in self.spares}:
             if sandbox_id not in keep and sandbox_id not in in_flight:
                 await self.forget(sandbox_id)
         return {s for s in keep if self.runtimes.get(s) != RuntimeState.RUNNING}

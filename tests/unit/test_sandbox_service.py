@@ -14,6 +14,7 @@ import pytest
 
 from sbx.config import Settings
 from sbx.core.errors import Conflict, InvalidRequest, Unavailable
+from sbx.core.fleet import NodeGone, NoRoom, OneNode, Shape
 from sbx.core.limits import LimitReached
 from sbx.core.sandboxes import CreateSpec, SandboxService
 from sbx.nodeapi.contract import RuntimeState
@@ -38,7 +39,7 @@ async def core(tmp_path: Path) -> AsyncIterator[Core]:
     db, org_id = await seeded(settings.db_url, "core-test", [])
     node = FakeNode()
     try:
-        yield Core(SandboxService(db, node, settings), node, db, org_id)
+        yield Core(SandboxService(db, OneNode(node), settings), node, db, org_id)
     finally:
         await db.close()
 
@@ -226,3 +227,110 @@ async def test_a_reconcile_keeps_a_paused_sandbox_it_read_as_running(core: Core)
     kept = await core.service.delete(None, row.id, reason="lost: runtime not running",
                                      only_if_lost=True)
     assert kept.state == "paused" and row.id in core.node.snapshots
+
+
+class TwoNodes:
+    """A fleet of two nodes in memory: placement takes the one with fewer
+    sandboxes (ties: "a"); "b" can be made lost."""
+
+    def __init__(self) -> None:
+        self.nodes = {"a": FakeNode(), "b": FakeNode()}
+        self.lost: set[str] = set()
+        self.draining: set[str] = set()
+        self.full = False
+
+    def node(self, node_id: str | None) -> FakeNode:
+        if node_id is None or node_id in self.lost:
+            raise NodeGone(f"node {node_id} is lost")
+        return self.nodes[node_id]
+
+    async def place(self, shape: Shape) -> str | None:
+        ready = [n for n in self.nodes if self.accepts(n)]
+        if self.full or not ready:
+            raise NoRoom()
+        return min(ready, key=lambda n: (len(self.nodes[n].runtimes), n))
+
+    def accepts(self, node_id: str | None) -> bool:
+        return node_id not in self.lost and node_id not in self.draining
+
+    def address(self, node_id: str | None, slot: int) -> str:
+        return self.nodes[node_id or ""].address(slot)
+
+    async def members(self) -> dict[str | None, FakeNode]:
+        return {n: node for n, node in self.nodes.items() if n not in self.lost}
+
+
+@pytest.fixture
+async def two(tmp_path: Path) -> AsyncIterator[tuple[SandboxService, TwoNodes, str]]:
+    settings = Settings(data_dir=tmp_path, subnet="10.254.0.0/24")
+    db, org_id = await seeded(settings.db_url, "fleet-test", [])
+    fleet = TwoNodes()
+    try:
+        yield SandboxService(db, fleet, settings), fleet, org_id
+    finally:
+        await db.close()
+
+
+async def test_sandboxes_go_where_placed_and_calls_follow_them(
+        two: tuple[SandboxService, TwoNodes, str]) -> None:
+    service, fleet, org = two
+    a = await service.create(org, CreateSpec(template="base"))
+    b = await service.create(org, CreateSpec(template="base"))
+    assert (a.node_id, b.node_id) == ("a", "b")
+    assert a.id in fleet.nodes["a"].runtimes and b.id in fleet.nodes["b"].runtimes
+    # Each node's slots are its own: both may hand out the same one.
+    assert a.ip_slot == b.ip_slot == 1
+    await service.pause(org, b.id)
+    assert b.id in fleet.nodes["b"].snapshots and "pause " + b.id not in fleet.nodes["a"].calls
+    await service.delete(org, a.id)
+    assert "forget " + a.id in fleet.nodes["a"].calls
+    assert "forget " + a.id not in fleet.nodes["b"].calls
+
+
+async def test_no_room_anywhere_changes_nothing(two: tuple[SandboxService, TwoNodes, str]) -> None:
+    service, fleet, org = two
+    fleet.full = True
+    with pytest.raises(NoRoom):
+        await service.create(org, CreateSpec(template="base"))
+    assert await service.list(org) == []
+
+
+async def test_a_lost_node_keeps_its_sandboxes(two: tuple[SandboxService, TwoNodes, str]) -> None:
+    service, fleet, org = two
+    a = await service.create(org, CreateSpec(template="base"))
+    b = await service.create(org, CreateSpec(template="base"))
+    fleet.lost.add("b")
+    await service.reconcile()
+    # b's sandbox is not marked: its node did not answer, which is not "gone".
+    assert (await service.get(org, b.id)).state == "running"
+    assert (await service.get(org, a.id)).state == "running"
+    with pytest.raises(NodeGone):
+        await service.pause(org, b.id)
+    assert (await service.get(org, b.id)).state == "running"
+    # A new sandbox goes to the node that is there.
+    c = await service.create(org, CreateSpec(template="base"))
+    assert c.node_id == "a"
+    fleet.lost.clear()
+    paused = await service.pause(org, b.id)
+    assert paused.state == "paused"
+    # A sandbox of a lost node can still be deleted; the node, back, drops it.
+    fleet.lost.add("b")
+    assert (await service.delete(org, b.id)).state == "deleted"
+    fleet.lost.clear()
+    await service.reconcile()
+    assert b.id not in fleet.nodes["b"].snapshots and b.id not in fleet.nodes["b"].slots
+
+
+async def test_a_paused_sandbox_resumes_on_another_node_once_its_own_drains(
+        two: tuple[SandboxService, TwoNodes, str]) -> None:
+    service, fleet, org = two
+    a = await service.create(org, CreateSpec(template="base"))
+    await service.pause(org, a.id)
+    # The snapshot is on storage both nodes read.
+    fleet.nodes["b"].snapshots.add(a.id)
+    fleet.draining.add("a")
+    resumed, did = await service.resume(org, a.id)
+    assert did and resumed.node_id == "b" and resumed.state == "running"
+    assert resumed.ip_slot == fleet.nodes["b"].slots[a.id]
+    assert a.id not in fleet.nodes["a"].slots
+    assert fleet.nodes["b"].plans[a.id].envd_token == a.envd_token
