@@ -1,5 +1,6 @@
 """Shared fixtures: a real sbx server (real runsc, nftables, SQLite) for the
-integration and compatibility suites; created only when a test asks."""
+integration and compatibility suites, and a real PostgreSQL (tests.postgres)
+for the store's tests on both backends; each created only when a test asks."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import pytest
 
 from tests.integration.server import Server, free_subnet, leaks, mounts_of
 from tests.integration.server import own_server as own
+from tests.postgres import db_url, postgres
+
+__all__ = ["db_url", "postgres"]
 
 
 @pytest.fixture(scope="session")

@@ -93,7 +93,7 @@ async def meter(db: Database, skip_orgs: Sequence[str] = ()) -> dict[str, int]:
     charged per organisation."""
     charged: dict[str, int] = {}
     async with db.transaction() as s:
-        await repo.write_lock(s)
+        await repo.write_lock(s, "metering")
         now = repo.now()
         tiers = {t.name: t for t in (await s.execute(select(Tier))).scalars()}
         orgs = {o.id: o for o in (await s.execute(select(Org))).scalars()}

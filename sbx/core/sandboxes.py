@@ -141,10 +141,11 @@ class SandboxService:
                      spare: SpareClaim | None) -> Sandbox | tuple[str, Sandbox]:
         """The create's checks and its row (state starting), or a pooled
         sandbox taken for it (the pool's token and the row)."""
-        # The count and the insert happen under one lock per organisation,
-        # so concurrent creates never pass the limit together.
+        # The count and the insert happen under one lock per organisation
+        # (in this process, and in the store across processes), so
+        # concurrent creates never pass the limit together.
         async with self._org_locks[org_id], self.db.transaction() as s:
-            org = await repo.org_by_id(s, org_id)
+            org = await repo.lock_org(s, org_id)
             assert org is not None
             tier = await limits.tier_of(s, org)
             want = limits.template_request(
