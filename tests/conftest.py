@@ -14,7 +14,7 @@ import pytest
 
 from tests.integration.server import Server, free_subnet, leaks, mounts_of
 from tests.integration.server import own_server as own
-from tests.postgres import db_url, postgres
+from tests.postgres import Postgres, db_url, postgres
 
 __all__ = ["db_url", "postgres"]
 
@@ -59,4 +59,15 @@ def own_server() -> Iterator[Server]:
     """A server of the test's own, for tests that stop, kill or restart it;
     its reconciler runs every second."""
     with own(None) as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def own_server_each_store(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """own_server, once on SQLite and once on a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("own_server")
+        return
+    pg: Postgres = request.getfixturevalue("postgres")
+    with pg.database() as url, own(None, database_url=url) as server:
         yield server
