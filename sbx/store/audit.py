@@ -37,7 +37,17 @@ async def _count_checks(s: AsyncSession, checks: Counter[str], at: datetime) -> 
         if org_id is not None:
             per_org[org_id] += n
     for org_id, n in per_org.items():
-        await repo.add_guardrail_checks(s, org_id, day, n)
+        await add_guardrail_checks(s, org_id, day, n)
+
+
+async def add_guardrail_checks(s: AsyncSession, org_id: str, day: str, n: int) -> None:
+    """Count n more guardrail checks for the organisation's day, in one
+    statement (an upsert), so that writers at once never lose a count."""
+    new = await repo.insert_or(s, GuardrailUsage)
+    stmt = new.values(org_id=org_id, day=day, checks=n, charged=0)
+    await s.execute(stmt.on_conflict_do_update(
+        index_elements=[GuardrailUsage.org_id, GuardrailUsage.day],
+        set_={"checks": GuardrailUsage.checks + stmt.excluded.checks}))
 
 
 async def purge_expired(db: Database, now: datetime | None = None) -> int:

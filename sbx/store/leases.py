@@ -47,9 +47,9 @@ async def acquire(db: Database, name: str, holder: str, ttl: timedelta,
         )
         if res.rowcount == 1:  # type: ignore[attr-defined]
             return True
-        insert = await repo.insert_or(s, Lease)
+        new = await repo.insert_or(s, Lease)
         res = await s.execute(
-            insert.values(name=name, holder=holder, expires_at=until, acquired_at=now)
+            new.values(name=name, holder=holder, expires_at=until, acquired_at=now)
             .on_conflict_do_nothing(index_elements=[Lease.name])
         )
         return int(res.rowcount) == 1  # type: ignore[attr-defined]

@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sbx.store.models import (
     ApiKey,
     Base,
-    GuardrailUsage,
     Org,
     Sandbox,
     SandboxEvent,
@@ -178,15 +177,6 @@ async def pooled(s: AsyncSession, org_id: str, template_id: str, vcpu: int, memo
     # Locked for the caller's transaction; one another create holds is
     # skipped (PostgreSQL; SQLite has one writer anyway).
     return (await s.execute(q.with_for_update(skip_locked=True))).scalars().all()
-
-
-async def add_guardrail_checks(s: AsyncSession, org_id: str, day: str, n: int) -> None:
-    """Count n more guardrail checks for the organisation's day, in one
-    statement (an upsert), so that writers at once never lose a count."""
-    stmt = (await insert_or(s, GuardrailUsage)).values(org_id=org_id, day=day, checks=n, charged=0)
-    await s.execute(stmt.on_conflict_do_update(
-        index_elements=[GuardrailUsage.org_id, GuardrailUsage.day],
-        set_={"checks": GuardrailUsage.checks + stmt.excluded.checks}))
 
 
 async def insert_or(s: AsyncSession, model: type[Base]) -> postgresql.Insert | sqlite.Insert:

@@ -19,12 +19,14 @@ from sqlalchemy import func, select
 from sbx.config import Settings
 from sbx.core import accounts, billing
 from sbx.core.errors import Conflict, RateLimited
+from sbx.core.lifecycle import LIVE
 from sbx.core.limits import LimitReached
 from sbx.core.sandboxes import CreateSpec, SandboxService
-from sbx.node.agent import NodeAgent
+from sbx.store import audit as audit_store
 from sbx.store import leases, repo
 from sbx.store.db import Database
 from sbx.store.models import GuardrailUsage, Sandbox
+from tests.unit.fake_node import FakeNode
 from tests.unit.store_rows import seeded
 
 PROCESSES = 4
@@ -60,34 +62,28 @@ async def _set_tier(db: Database, **limits: int) -> None:
         await accounts.set_org(s, "race", tier="race")
 
 
-async def _admissions(handles: list[Database], tmp_path: Path, org_id: str, per_process: int
-                      ) -> list[Sandbox | BaseException]:
-    """per_process creates from each process at once, up to the row each
-    writes (the part of a create that decides), as the API runs them."""
+async def _creates(handles: list[Database], tmp_path: Path, org_id: str, per_process: int
+                   ) -> list[Sandbox | BaseException]:
+    """per_process creates from each process at once, each process with a
+    node of its own (in memory)."""
     services = []
     for i, db in enumerate(handles):
-        settings = Settings(data_dir=tmp_path / f"p{i}", subnet="10.254.0.0/24",
-                            database_url=db.url)
-        services.append(SandboxService(db, NodeAgent(settings), settings))
-    async with handles[0].session() as s:
-        tpl = await repo.template_by_name(s, "base", org_id)
-    assert tpl is not None
-    return await _outcomes([
-        svc._admit(org_id, f"sbx-{i:02d}{j:06d}", tpl, CreateSpec(template="base"), None)
-        for i, svc in enumerate(services) for j in range(per_process)
-    ])
+        settings = Settings(data_dir=tmp_path / f"p{i}", database_url=db.url)
+        services.append(SandboxService(db, FakeNode(), settings))
+    return await _outcomes([svc.create(org_id, CreateSpec(template="base"))
+                            for svc in services for _ in range(per_process)])
 
 
 async def _live(db: Database, org_id: str) -> int:
     async with db.session() as s:
-        return await repo.count_in_states(s, org_id, ["starting"])
+        return await repo.count_in_states(s, org_id, LIVE)
 
 
 async def test_creates_from_several_processes_never_pass_the_limit(
         store: tuple[list[Database], str], tmp_path: Path) -> None:
     handles, org_id = store
     await _set_tier(handles[0], max_sandboxes=3, creates_per_minute=1000)
-    out = await _admissions(handles, tmp_path, org_id, per_process=4)
+    out = await _creates(handles, tmp_path, org_id, per_process=4)
     admitted = [o for o in out if isinstance(o, Sandbox)]
     assert len(admitted) == 3, out
     assert all(isinstance(o, LimitReached) for o in out if not isinstance(o, Sandbox)), out
@@ -98,7 +94,7 @@ async def test_create_rate_holds_across_processes(
         store: tuple[list[Database], str], tmp_path: Path) -> None:
     handles, org_id = store
     await _set_tier(handles[0], max_sandboxes=100, creates_per_minute=5)
-    out = await _admissions(handles, tmp_path, org_id, per_process=4)
+    out = await _creates(handles, tmp_path, org_id, per_process=4)
     assert sum(isinstance(o, Sandbox) for o in out) == 5, out
     refused = [o for o in out if not isinstance(o, Sandbox)]
     assert all(isinstance(o, RateLimited) for o in refused), refused
@@ -142,7 +138,7 @@ async def test_guardrail_checks_counted_at_once_are_all_counted(
 
     async def count(db: Database, n: int) -> None:
         async with db.transaction() as s:
-            await repo.add_guardrail_checks(s, org_id, "2026-12-01", n)
+            await audit_store.add_guardrail_checks(s, org_id, "2026-12-01", n)
 
     racers = [count(db, n) for n in range(1, 4) for db in handles]
     assert await _outcomes(racers) == [None] * len(racers)
