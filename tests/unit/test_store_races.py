@@ -1,13 +1,18 @@
 """What must hold when several processes write one store at once, on SQLite
 and on PostgreSQL: each "process" here is a service or a handle of its own
 (its own connections, its own in-process locks), so only the store's locks
-stand between them. Creates never pass an organisation's sandbox limit or
-create rate together; wallet settings, organisation names and guardrail
-counts are never doubled or lost; a lease has one holder."""
+stand between them; one test runs real processes. Creates never pass an
+organisation's sandbox limit or create rate together; wallet settings,
+organisation names and guardrail counts are never doubled or lost; a lease
+has one holder."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from pathlib import Path
@@ -88,6 +93,63 @@ async def test_creates_from_several_processes_never_pass_the_limit(
     assert len(admitted) == 3, out
     assert all(isinstance(o, LimitReached) for o in out if not isinstance(o, Sandbox)), out
     assert await _live(handles[0], org_id) == 3
+
+
+CREATOR = textwrap.dedent("""
+    import asyncio, sys
+    from pathlib import Path
+    from sqlalchemy import select
+    from sbx.config import Settings
+    from sbx.core.sandboxes import CreateSpec, SandboxService
+    from sbx.store.db import Database
+    from tests.unit.fake_node import FakeNode
+
+    async def main():
+        url, org_id, data_dir, n = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+        db = Database(url)
+        service = SandboxService(db, FakeNode(), Settings(data_dir=data_dir, database_url=url))
+        async with db.session() as s:
+            await s.execute(select(1))
+        print("ready", flush=True)
+        sys.stdin.readline()
+        out = await asyncio.gather(*(service.create(org_id, CreateSpec(template="base"))
+                                     for _ in range(n)), return_exceptions=True)
+        print(" ".join(type(o).__name__ for o in out), flush=True)
+        await db.close()
+
+    asyncio.run(main())
+""")
+
+
+def test_creates_from_real_processes_never_pass_the_limit(db_url: str, tmp_path: Path) -> None:
+    """Four processes, four creates each, let go at once, against a limit
+    of three."""
+    async def prepare() -> str:
+        db, org_id = await seeded(db_url, "race", [])
+        await _set_tier(db, max_sandboxes=3, creates_per_minute=1000)
+        await db.close()
+        return org_id
+
+    org_id = asyncio.run(prepare())
+    root = str(Path(__file__).resolve().parents[2])
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", CREATOR, db_url, org_id, str(tmp_path / f"p{i}"), "4"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=root,
+        env={**os.environ, "PYTHONPATH": root}) for i in range(PROCESSES)]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline() == "ready\n"
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        outcomes = [name for p in procs for name in p.communicate(timeout=120)[0].split()]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    assert sorted(outcomes) == ["LimitReached"] * 13 + ["Sandbox"] * 3, outcomes
 
 
 async def test_create_rate_holds_across_processes(
