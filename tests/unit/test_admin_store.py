@@ -9,6 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner, Result
 
 from sbx.cli.main import cli
+from sbx.config import Settings
 from sbx.store.db import Database, masked
 from tests.postgres import Postgres
 
@@ -44,6 +45,14 @@ def test_admin_commands_take_the_database_url(db_url: str, tmp_path: Path) -> No
     # Only the database was written: the data dir holds no SQLite file of
     # its own when the URL names another store.
     assert (tmp_path / "sbx.db").exists() == db_url.endswith(f"{tmp_path}/sbx.db")
+
+
+def test_a_url_without_a_driver_names_the_async_one(postgres: Postgres, tmp_path: Path
+                                                    ) -> None:
+    plain = postgres.url().replace("postgresql+asyncpg://", "postgresql://")
+    assert Settings(database_url=plain).db_url == postgres.url()
+    assert Settings(database_url="sqlite:////x/sbx.db").db_url == "sqlite+aiosqlite:////x/sbx.db"
+    assert _admin(tmp_path, "tier", "list", url=plain).exit_code == 0
 
 
 def test_a_database_password_is_never_shown(postgres: Postgres, tmp_path: Path) -> None:
