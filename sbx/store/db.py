@@ -7,6 +7,7 @@ then writes takes a lock: see repo.write_lock and repo.lock_org)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,11 +26,6 @@ from sqlalchemy.ext.asyncio import (
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-# Held while migrating a PostgreSQL database: replicas starting together
-# migrate one after the other (the later ones find nothing to do).
-MIGRATION_LOCK = 0x5B780001
-
-
 def masked(url: str) -> str:
     """The URL with its password hidden, for messages and logs."""
     return make_url(url).render_as_string(hide_password=True)
@@ -37,6 +33,11 @@ def masked(url: str) -> str:
 
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
+
+
+def lock_key(name: str) -> int:
+    """The PostgreSQL advisory lock (a signed 64-bit key) of a lock's name."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -86,10 +87,13 @@ def migrate(url: str) -> None:
 
 async def _migrate_postgres(url: str) -> None:
     # PostgreSQL's DDL is transactional: a failed migration leaves nothing.
+    # Servers starting together migrate one after the other (the later ones
+    # find nothing to do).
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+                               {"k": lock_key("migrations")})
             await conn.run_sync(_upgrade)
     finally:
         await engine.dispose()

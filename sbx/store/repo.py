@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -11,14 +10,8 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from sbx.store.models import (
-    ApiKey,
-    Base,
-    Org,
-    Sandbox,
-    SandboxEvent,
-    Template,
-)
+from sbx.store.db import lock_key
+from sbx.store.models import ApiKey, Base, Org, Sandbox, SandboxEvent, Template
 
 
 def now() -> datetime:
@@ -187,10 +180,6 @@ async def insert_or(s: AsyncSession, model: type[Base]) -> postgresql.Insert | s
     return sqlite.insert(model)
 
 
-def _lock_key(name: str) -> int:
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-
-
 async def write_lock(s: AsyncSession, name: str) -> None:
     """Serialise the caller's transaction, until it ends, with every other
     one taking the lock `name`, in any process: what it reads before it
@@ -204,7 +193,7 @@ async def write_lock(s: AsyncSession, name: str) -> None:
     writer first. Others wait (busy_timeout)."""
     conn = await s.connection()
     if conn.dialect.name == "postgresql":
-        await s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(name)})
+        await s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(name)})
         return
     raw = await conn.get_raw_connection()
     # Already written in this transaction: the lock is held.
