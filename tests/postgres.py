@@ -51,19 +51,23 @@ class Postgres:
         pwfile.write_text(self.password + "\n")
         if os.geteuid() == 0:
             shutil.chown(pwfile, "postgres", "postgres")
-        subprocess.run(self._as_owner(
-            str(self.bin / "initdb"), "-D", str(self.data), "-U", USER, "-E", "UTF8",
-            "--auth=scram-sha-256", f"--pwfile={pwfile}", "--no-sync"),
-            check=True, capture_output=True, timeout=120)
+        self._run("initdb", "-D", str(self.data), "-U", USER, "-E", "UTF8",
+                  "--auth=scram-sha-256", f"--pwfile={pwfile}", "--no-sync")
         pwfile.unlink()
         # Durability is of no use to a test database; speed is.
         options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
                    "-c max_connections=300")
-        subprocess.run(self._as_owner(
-            str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"),
-            "-o", options, "-w", "-t", "60", "start"),
-            check=True, capture_output=True, timeout=90)
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-o", options,
+                  "-w", "-t", "60", "start")
+
+    def _run(self, tool: str, *args: str) -> None:
+        res = subprocess.run(self._as_owner(str(self.bin / tool), *args), capture_output=True,
+                             text=True, timeout=120)
+        if res.returncode != 0:
+            log = self.root / "log"
+            raise RuntimeError(f"{tool} failed: {res.stdout}{res.stderr}"
+                               + (log.read_text()[-2000:] if log.exists() else ""))
 
     def url(self, database: str = "postgres") -> str:
         return (f"postgresql+asyncpg://{USER}:{self.password}@127.0.0.1:{self.port}"

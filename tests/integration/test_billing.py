@@ -1,7 +1,8 @@
 """Tenancy and money against a real server: running time charged to the
 sandbox wallet, an empty wallet pausing the organisation's sandboxes
 (nothing lost) and refusing creates, a top-up resuming them; the usage API;
-the create limits holding under 50 parallel creates and across a restart."""
+the create limits holding under 50 parallel creates and across a restart,
+on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
