@@ -198,7 +198,8 @@ class SandboxService:
         if self.pool_org is None or org_id == self.pool_org:
             return None
         vcpu, memory = spec.vcpu or tpl.vcpu, spec.memory_mib or tpl.memory_mib
-        for row in await repo.pooled(s, self.pool_org, tpl.id, vcpu, memory, [S.POOLED]):
+        for row in await repo.pooled(s, self.pool_org, tpl.id, vcpu, memory, [S.POOLED],
+                                     to_claim=True):
             if row.id in self._starting:
                 continue
             pool_token = row.envd_token

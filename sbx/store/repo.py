@@ -160,16 +160,18 @@ def add_event(s: AsyncSession, sandbox_id: str, src: str | None, dst: str,
 
 
 async def pooled(s: AsyncSession, org_id: str, template_id: str, vcpu: int, memory_mib: int,
-                 states: Iterable[str]) -> Sequence[Sandbox]:
-    """The warm pool's sandboxes of one template and size, oldest first."""
+                 states: Iterable[str], to_claim: bool = False) -> Sequence[Sandbox]:
+    """The warm pool's sandboxes of one template and size, oldest first.
+    to_claim: locked for the caller's transaction, without those another
+    create is claiming (PostgreSQL; SQLite has one writer anyway)."""
     q = select(Sandbox).where(
         Sandbox.org_id == org_id, Sandbox.template_id == template_id,
         Sandbox.vcpu == vcpu, Sandbox.memory_mib == memory_mib,
         Sandbox.state.in_(list(states)),
     ).order_by(Sandbox.created_at)
-    # Locked for the caller's transaction; one another create holds is
-    # skipped (PostgreSQL; SQLite has one writer anyway).
-    return (await s.execute(q.with_for_update(skip_locked=True))).scalars().all()
+    if to_claim:
+        q = q.with_for_update(skip_locked=True)
+    return (await s.execute(q)).scalars().all()
 
 
 async def insert_or(s: AsyncSession, model: type[Base]) -> postgresql.Insert | sqlite.Insert:

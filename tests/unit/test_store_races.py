@@ -163,6 +163,43 @@ async def test_create_rate_holds_across_processes(
     assert await _live(handles[0], org_id) == 5
 
 
+async def test_a_pooled_sandbox_goes_to_one_create(db_url: str, tmp_path: Path) -> None:
+    """Creates of different organisations (no lock in common) from several
+    processes claim the warm pool's one member: one gets it, the others
+    new sandboxes."""
+    db, pool_org = await seeded(db_url, "pool", [])
+    handles = [db] + [Database(db_url) for _ in range(PROCESSES - 1)]
+    try:
+        orgs = []
+        async with db.transaction() as s:
+            for i in range(PROCESSES):
+                orgs.append((await accounts.create_org(s, f"org-{i}")).id)
+        services = []
+        for i, h in enumerate(handles):
+            svc = SandboxService(h, FakeNode(), Settings(data_dir=tmp_path / f"p{i}",
+                                                         database_url=db_url))
+            svc.pool_org = pool_org
+            services.append(svc)
+        for round_ in range(2):
+            member = f"sbx-pool{round_:04d}"
+            async with db.transaction() as s:
+                s.add(Sandbox(id=member, org_id=pool_org, template_id="tpl-base", state="pooled",
+                              vcpu=1, memory_mib=512, disk_mib=512, network_policy={},
+                              env_vars={}, extra={}, envd_token="t", proxy_token="p",
+                              created_at=repo.now()))
+            out = await _outcomes([svc.create(org, CreateSpec(template="base"))
+                                   for svc, org in zip(services, orgs, strict=True)])
+            assert all(isinstance(o, Sandbox) for o in out), out
+            claimed = [o.org_id for o in out if isinstance(o, Sandbox) and o.id == member]
+            assert len(claimed) == 1, out
+            async with db.session() as s:
+                row = await repo.sandbox(s, member)
+            assert row is not None and row.org_id == claimed[0] and row.state == "running"
+    finally:
+        for h in handles:
+            await h.close()
+
+
 async def test_setting_a_balance_at_once_sets_it_once(store: tuple[list[Database], str]) -> None:
     """Each setter reads the balance and writes the difference: two that
     read the same balance would both add it."""
