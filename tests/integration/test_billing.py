@@ -20,31 +20,23 @@ from tests.postgres import Postgres
 
 pytestmark = pytest.mark.integration
 
-COUNTER = "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.2; done' " \
-          ">/dev/null 2>&1 &"
+# Written aside and renamed: a read never sees the file empty (between `>`
+# truncating it and echo writing).
+COUNTER = "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/n.new; " \
+          "mv /tmp/n.new /tmp/n; sleep 0.2; done' >/dev/null 2>&1 &"
 
 
-METERED = {"SBX_METER_INTERVAL_S": "1"}
-
-
-@pytest.fixture(scope="module")
-def metered() -> Iterator[Server]:
-    with own_server(METERED) as server:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def metered(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """A server metering every second, on each store."""
+    env = {"SBX_METER_INTERVAL_S": "1"}
+    if request.param == "sqlite":
+        with own_server(env) as server:
+            yield server
+        return
+    pg: Postgres = request.getfixturevalue("postgres")
+    with pg.database() as url, own_server(env, database_url=url) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def metered_postgres(postgres: Postgres) -> Iterator[Server]:
-    with postgres.database() as url, own_server(METERED, database_url=url) as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def limited(request: pytest.FixtureRequest) -> Server:
-    """The metered server on each store, for the limit tests."""
-    name = "metered" if request.param == "sqlite" else "metered_postgres"
-    server: Server = request.getfixturevalue(name)
-    return server
 
 
 def new_org(server: Server, **tier: str) -> tuple[str, httpx.Client]:
@@ -187,8 +179,8 @@ def test_usage_api_shape_and_bad_input(metered: Server) -> None:
         api.close()
 
 
-def test_50_parallel_creates_against_a_limit_of_3(limited: Server) -> None:
-    _, api = new_org(limited, max_sandboxes="3", creates_per_minute="1000")
+def test_50_parallel_creates_against_a_limit_of_3(metered: Server) -> None:
+    _, api = new_org(metered, max_sandboxes="3", creates_per_minute="1000")
     try:
         codes = parallel_creates(api, 50)
         assert sorted(codes).count(201) == 3, codes
@@ -198,13 +190,13 @@ def test_50_parallel_creates_against_a_limit_of_3(limited: Server) -> None:
         delete_all(api)
 
 
-def test_create_rate_holds_in_parallel_and_across_a_restart(limited: Server) -> None:
-    _, api = new_org(limited, max_sandboxes="10", creates_per_minute="3")
+def test_create_rate_holds_in_parallel_and_across_a_restart(metered: Server) -> None:
+    _, api = new_org(metered, max_sandboxes="10", creates_per_minute="3")
     try:
         codes = parallel_creates(api, 50)
         assert codes.count(201) == 3, codes
-        limited.stop()
-        limited.start()
+        metered.stop()
+        metered.start()
         r = api.post("/sandboxes", json={})
         assert r.status_code == 429 and "rate" in r.json()["message"].lower()
         assert 1 <= int(r.headers["Retry-After"]) <= 60
