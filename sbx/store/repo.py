@@ -31,10 +31,12 @@ async def lock_org(s: AsyncSession, org_id: str) -> Org | None:
     """The organisation, locked until the transaction ends: what is read
     under it (live sandboxes, recent creates, a balance) still holds when
     the transaction writes, whichever process runs the others. PostgreSQL:
-    its row, FOR UPDATE; SQLite: the database's write lock."""
+    its row, FOR NO KEY UPDATE (rows that merely refer to the organisation,
+    such as ledger entries, are still written meanwhile); SQLite: the
+    database's write lock."""
     if (await s.connection()).dialect.name == "sqlite":
         await write_lock(s, "org")
-    q = (select(Org).where(Org.id == org_id).with_for_update()
+    q = (select(Org).where(Org.id == org_id).with_for_update(key_share=True)
          .execution_options(populate_existing=True))
     return (await s.execute(q)).scalar_one_or_none()
 
