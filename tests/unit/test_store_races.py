@@ -2,9 +2,9 @@
 and on PostgreSQL: each "process" here is a service or a handle of its own
 (its own connections, its own in-process locks), so only the store's locks
 stand between them; one test runs real processes. Creates never pass an
-organisation's sandbox limit or create rate together; wallet settings,
-organisation names and guardrail counts are never doubled or lost; a lease
-has one holder."""
+organisation's sandbox limit or create rate together, nor claim one warm
+pool member twice; wallet settings, organisation names and guardrail
+counts are never doubled or lost; a lease has one holder."""
 
 from __future__ import annotations
 
