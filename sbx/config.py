@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # A cluster never places more on a node than its capacity times this
     # (memory with headroom, vCPUs); 1.0: no overcommit.
     overcommit: float = 1.0
+    # The store: None for DATA_DIR/sbx.db (SQLite), or a database URL such
+    # as postgresql+asyncpg://USER:PASSWORD@HOST/DB. It may hold a password:
+    # show it only through sbx.store.db.masked.
     database_url: str | None = Field(default=None)
     # Where template root filesystems live (default DATA_DIR/templates); tests
     # point several data dirs at one cache to build `base` once.
@@ -95,6 +98,18 @@ class Settings(BaseSettings):
         if net.version != 4 or net.prefixlen > 28:
             raise ValueError("subnet must be an IPv4 network of /28 or larger")
         return str(net)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        # A URL without a driver names the async one sbx ships with. Nothing
+        # is refused here: a validation error would print the password.
+        for plain, full in (("postgresql://", "postgresql+asyncpg://"),
+                            ("postgres://", "postgresql+asyncpg://"),
+                            ("sqlite://", "sqlite+aiosqlite://")):
+            if v is not None and v.startswith(plain):
+                return full + v[len(plain):]
+        return v
 
     @property
     def db_url(self) -> str:

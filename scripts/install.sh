@@ -14,6 +14,8 @@ for pair in nft:nftables ip:iproute2 mmdebstrap:mmdebstrap mkfs.ext4:e2fsprogs \
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# The test suite runs the store on a PostgreSQL of its own (initdb, pg_ctl).
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
 
 # runsc must come from Debian 13: the Debian 12 build cannot run netstack here.
 runsc_ok() { command -v runsc >/dev/null 2>&1 && runsc --version 2>/dev/null | head -1 | grep -Eq '20(2[4-9]|[3-9][0-9])[0-9]{4}'; }

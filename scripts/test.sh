@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: lint, types, unit, integration (real runsc,
-# nftables, SQLite) and e2b-SDK compatibility. Assumes scripts/install.sh ran.
+# nftables; the store on SQLite, and on a PostgreSQL the tests start) and
+# e2b-SDK compatibility. Assumes scripts/install.sh ran.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"

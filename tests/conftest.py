@@ -1,5 +1,6 @@
 """Shared fixtures: a real sbx server (real runsc, nftables, SQLite) for the
-integration and compatibility suites; created only when a test asks."""
+integration and compatibility suites, and a real PostgreSQL (tests.postgres)
+for the store's tests on both backends; each created only when a test asks."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import pytest
 
 from tests.integration.server import Server, free_subnet, leaks, mounts_of
 from tests.integration.server import own_server as own
+from tests.postgres import Postgres, db_url, postgres
+
+__all__ = ["db_url", "postgres"]
 
 
 @pytest.fixture(scope="session")
@@ -55,4 +59,15 @@ def own_server() -> Iterator[Server]:
     """A server of the test's own, for tests that stop, kill or restart it;
     its reconciler runs every second."""
     with own(None) as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def own_server_each_store(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """own_server, once on SQLite and once on a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("own_server")
+        return
+    pg: Postgres = request.getfixturevalue("postgres")
+    with pg.database() as url, own(None, database_url=url) as server:
         yield server

@@ -11,13 +11,10 @@ from typing import Any
 
 import click
 
+from sbx.cli.params import store_options
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
-
-data_dir_option = click.option(
-    "--data-dir", type=click.Path(path_type=Path), default=None,
-    help="The server's data dir (/var/lib/sbx).",
-)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -49,9 +46,9 @@ def key() -> None:
               help="Role admin: the admin API too (any organisation).")
 @click.option("--expires-in", default=None, callback=_duration, metavar="DURATION",
               help="Expire after this long: 30d, 12h, 90m (default: never).")
-@data_dir_option
+@store_options
 def key_create(org_name: str, is_admin: bool, expires_in: timedelta | None,
-               data_dir: Path | None) -> None:
+               data_dir: Path | None, database_url: str | None) -> None:
     """Create and print a new API key for an organisation (last line; it is
     shown this once)."""
     from sbx.cli.server import in_db
@@ -64,7 +61,7 @@ def key_create(org_name: str, is_admin: bool, expires_in: timedelta | None,
         expires_at = repo.now() + expires_in if expires_in is not None else None
         return await accounts.issue_key(s, org_name, role=role, expires_at=expires_at)
 
-    new = in_db(data_dir, go)
+    new = in_db(data_dir, database_url, go)
     expiry = f", expires {new['expires_at']}" if new["expires_at"] else ""
     click.echo(f"New {role} API key {new['id']} for {org_name!r}{expiry}:")
     click.echo(new["key"])
@@ -73,8 +70,9 @@ def key_create(org_name: str, is_admin: bool, expires_in: timedelta | None,
 @key.command("list")
 @click.option("--org", "org_name", default=None, help="Only this organisation's keys.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array.")
-@data_dir_option
-def key_list(org_name: str | None, as_json: bool, data_dir: Path | None) -> None:
+@store_options
+def key_list(org_name: str | None, as_json: bool, data_dir: Path | None,
+             database_url: str | None) -> None:
     """Show keys by id and prefix (a key itself is never stored), with role
     and state: active, expired or revoked."""
     from sbx.cli.server import in_db
@@ -83,7 +81,7 @@ def key_list(org_name: str | None, as_json: bool, data_dir: Path | None) -> None
     async def go(s: Any) -> list[dict[str, Any]]:
         return await accounts.list_keys(s, org_name)
 
-    rows = in_db(data_dir, go)
+    rows = in_db(data_dir, database_url, go)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -96,8 +94,8 @@ def key_list(org_name: str | None, as_json: bool, data_dir: Path | None) -> None
 
 @key.command("revoke")
 @click.argument("id_or_prefix")
-@data_dir_option
-def key_revoke(id_or_prefix: str, data_dir: Path | None) -> None:
+@store_options
+def key_revoke(id_or_prefix: str, data_dir: Path | None, database_url: str | None) -> None:
     """Revoke the key ID_OR_PREFIX (its id, as `key list` shows, or its
     prefix): requests with it are refused at once. Revoking a revoked key
     changes nothing."""
@@ -107,6 +105,6 @@ def key_revoke(id_or_prefix: str, data_dir: Path | None) -> None:
     async def go(s: Any) -> dict[str, Any]:
         return await accounts.revoke_key(s, id_or_prefix)
 
-    row = in_db(data_dir, go)
+    row = in_db(data_dir, database_url, go)
     click.echo(f"Revoked {row['id']} ({row['prefix']}..., org {row['org']!r}, role "
                f"{row['role']}) at {row['revoked_at']}.")

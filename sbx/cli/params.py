@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
 import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DATABASE_URL_HELP = ("The database: sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:"
+                     "PASSWORD@HOST/DB (default DATA_DIR/sbx.db; also SBX_DATABASE_URL).")
+
+
+def store_options(f: F) -> F:
+    """--data-dir and --database-url: the server's store, for the commands
+    that run on its machine (parameters data_dir and database_url)."""
+    f = click.option("--database-url", default=None, help=DATABASE_URL_HELP)(f)
+    return click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+                        help="The server's data dir (/var/lib/sbx).")(f)
 
 
 def pairs(values: tuple[str, ...], option: str, what: str = "NAME") -> dict[str, str]:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from sbx.cli.keys import key
+from sbx.cli.params import DATABASE_URL_HELP, store_options
 from sbx.config import Settings
 
 T = TypeVar("T")
@@ -30,17 +31,20 @@ def _settings(**kw: Any) -> Settings:
 @click.option("--port", type=int, default=None, help="Port for the API and gateway (3000).")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Where sbx keeps its database, templates and sandboxes (/var/lib/sbx).")
+@click.option("--database-url", default=None, help=DATABASE_URL_HELP)
 @click.option("--log-level", default="info", show_default=True)
-def server(host: str | None, port: int | None, data_dir: Path | None, log_level: str) -> None:
+def server(host: str | None, port: int | None, data_dir: Path | None, database_url: str | None,
+           log_level: str) -> None:
     """Run the whole single-machine platform in the foreground."""
     import uvicorn
 
     from sbx.api.app import create_app
     from sbx.platform import Platform
+    from sbx.store.db import masked
 
     if os.geteuid() != 0:
         raise click.ClickException("sbx server must run as root (it manages gVisor, netns, nft)")
-    settings = _settings(host=host, port=port, data_dir=data_dir)
+    settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -51,7 +55,8 @@ def server(host: str | None, port: int | None, data_dir: Path | None, log_level:
 
     def ready(platform: Platform) -> None:
         key_file = settings.data_dir / "api-key"
-        lines = [f"sbx server on {url}  (data dir {settings.data_dir})"]
+        lines = [f"sbx server on {url}  (data dir {settings.data_dir}, database "
+                 f"{masked(settings.db_url)})"]
         if platform.bootstrap_key:
             lines.append(f"Created organisation 'default' with API key: {platform.bootstrap_key}")
         lines += [
@@ -74,22 +79,21 @@ def server(host: str | None, port: int | None, data_dir: Path | None, log_level:
 
 @click.group("admin")
 def admin() -> None:
-    """Organisations, keys, tiers and wallets (on this machine's data dir)."""
+    """Organisations, keys, tiers and wallets, in the server's store (its
+    data dir's database, or --database-url)."""
 
 
-data_dir_option = click.option(
-    "--data-dir", type=click.Path(path_type=Path), default=None,
-    help="The server's data dir (/var/lib/sbx).",
-)
+def in_db(data_dir: Path | None, database_url: str | None,
+          fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Run fn(session) in one transaction on the server's database, with
+    the schema brought up to date first; domain errors, and a database that
+    cannot be reached or refuses the credentials, become one line."""
+    from sqlalchemy.exc import DBAPIError
 
-
-def in_db(data_dir: Path | None, fn: Callable[[Any], Awaitable[T]]) -> T:
-    """Run fn(session) in one transaction on the data dir's database, with
-    the schema brought up to date first; domain errors become one line."""
     from sbx.core.errors import SbxError
-    from sbx.store.db import Database
+    from sbx.store.db import Database, masked
 
-    settings = _settings(data_dir=data_dir)
+    settings = _settings(data_dir=data_dir, database_url=database_url)
 
     async def go() -> T:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -105,6 +109,9 @@ def in_db(data_dir: Path | None, fn: Callable[[Any], Awaitable[T]]) -> T:
         return asyncio.run(go())
     except (SbxError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    except (OSError, DBAPIError) as exc:
+        why = exc.orig if isinstance(exc, DBAPIError) else exc
+        raise click.ClickException(f"database {masked(settings.db_url)}: {why}") from None
 
 
 @admin.group("org")
@@ -115,8 +122,8 @@ def org() -> None:
 @org.command("create")
 @click.argument("name")
 @click.option("--tier", default="default", show_default=True)
-@data_dir_option
-def org_create(name: str, tier: str, data_dir: Path | None) -> None:
+@store_options
+def org_create(name: str, tier: str, data_dir: Path | None, database_url: str | None) -> None:
     """Create organisation NAME and print a new API key for it."""
     from sbx.core import accounts
 
@@ -124,7 +131,7 @@ def org_create(name: str, tier: str, data_dir: Path | None) -> None:
         await accounts.create_org(s, name, tier=tier)
         return await accounts.create_key(s, name)
 
-    key = in_db(data_dir, go)
+    key = in_db(data_dir, database_url, go)
     click.echo(f"Created organisation {name!r} (tier {tier!r}). API key:")
     click.echo(key)
 
@@ -132,37 +139,37 @@ def org_create(name: str, tier: str, data_dir: Path | None) -> None:
 @org.command("set")
 @click.argument("name")
 @click.option("--tier", default=None, help="Move the organisation to this tier.")
-@data_dir_option
-def org_set(name: str, tier: str | None, data_dir: Path | None) -> None:
+@store_options
+def org_set(name: str, tier: str | None, data_dir: Path | None, database_url: str | None) -> None:
     """Change an organisation."""
     from sbx.core import accounts
 
     async def go(s: Any) -> None:
         await accounts.set_org(s, name, tier=tier)
 
-    in_db(data_dir, go)
+    in_db(data_dir, database_url, go)
     click.echo(f"Updated organisation {name!r}.")
 
 
 @org.command("usage")
 @click.argument("name")
-@data_dir_option
-def org_usage(name: str, data_dir: Path | None) -> None:
+@store_options
+def org_usage(name: str, data_dir: Path | None, database_url: str | None) -> None:
     """Guardrail checks of organisation NAME by UTC day, and their total."""
     from sbx.core import accounts
 
     async def go(s: Any) -> dict[str, int]:
         return await accounts.guardrail_usage(s, name)
 
-    days = in_db(data_dir, go)
+    days = in_db(data_dir, database_url, go)
     for day, checks in days.items():
         click.echo(f"{day} guardrail_checks={checks}")
     click.echo(f"total guardrail_checks={sum(days.values())}")
 
 
 @admin.command("pool")
-@data_dir_option
-def pool_report(data_dir: Path | None) -> None:
+@store_options
+def pool_report(data_dir: Path | None, database_url: str | None) -> None:
     """The warm pool: members per size, the memory they reserve, and what
     they use on the host now (memory and CPU time of their cgroups); and
     the spare runtimes with their host memory."""
@@ -170,7 +177,7 @@ def pool_report(data_dir: Path | None) -> None:
     from sbx.core.pool import POOL_ORG, sizes
     from sbx.store import repo
 
-    settings = _settings(data_dir=data_dir)
+    settings = _settings(data_dir=data_dir, database_url=database_url)
 
     async def go(s: Any) -> list[tuple[str, int, int]]:
         org = await repo.org_by_name(s, POOL_ORG)
@@ -179,7 +186,7 @@ def pool_report(data_dir: Path | None) -> None:
         rows = await repo.sandboxes(s, org.id, [SandboxState.POOLED])
         return [(r.id, r.vcpu, r.memory_mib) for r in rows]
 
-    members = in_db(data_dir, go)
+    members = in_db(data_dir, database_url, go)
     cg = Path("/sys/fs/cgroup")
     parent = f"sbx-{settings.node_tag}"
     total_mem = 0
@@ -253,9 +260,9 @@ def _tier_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.argument("name")
 @_tier_options
 @click.option("--no-session-limit", is_flag=True, help="Remove the session-duration limit.")
-@data_dir_option
+@store_options
 def tier_set(name: str, no_session_limit: bool, data_dir: Path | None,
-             **limits: int | str | None) -> None:
+             database_url: str | None, **limits: int | str | None) -> None:
     """Create tier NAME or change its limits (unset options keep their value;
     a new tier starts from the default tier's)."""
     from sbx.core import accounts
@@ -263,17 +270,17 @@ def tier_set(name: str, no_session_limit: bool, data_dir: Path | None,
     async def go(s: Any) -> dict[str, Any]:
         return await accounts.set_tier(s, name, no_session_limit=no_session_limit, **limits)
 
-    row = in_db(data_dir, go)
+    row = in_db(data_dir, database_url, go)
     click.echo(" ".join(f"{k}={v}" for k, v in row.items()))
 
 
 @tier.command("list")
-@data_dir_option
-def tier_list(data_dir: Path | None) -> None:
+@store_options
+def tier_list(data_dir: Path | None, database_url: str | None) -> None:
     """Show every tier."""
     from sbx.core import accounts
 
-    rows = in_db(data_dir, accounts.list_tiers)
+    rows = in_db(data_dir, database_url, accounts.list_tiers)
     for row in rows:
         click.echo(" ".join(f"{k}={v}" for k, v in row.items()))
 
@@ -288,8 +295,9 @@ def wallet() -> None:
 @click.argument("org_name")
 @click.option("--wallet", "which", type=click.Choice(["sandbox", "guardrails"]), required=True)
 @click.argument("amount")
-@data_dir_option
-def wallet_set(org_name: str, which: str, amount: str, data_dir: Path | None) -> None:
+@store_options
+def wallet_set(org_name: str, which: str, amount: str, data_dir: Path | None,
+               database_url: str | None) -> None:
     """Bring ORG_NAME's wallet to exactly AMOUNT credits (one adjusting
     ledger entry) and enforce it, or `off`: not enforced (still charged)."""
     from sbx.core import billing, money
@@ -297,7 +305,7 @@ def wallet_set(org_name: str, which: str, amount: str, data_dir: Path | None) ->
     async def go(s: Any) -> int | None:
         return await billing.set_balance(s, org_name, which, None if amount == "off" else amount)
 
-    value = in_db(data_dir, go)
+    value = in_db(data_dir, database_url, go)
     shown = "off (not enforced)" if value is None else money.to_credits(value)
     click.echo(f"{org_name}: {which} wallet = {shown}")
 
@@ -307,8 +315,9 @@ def wallet_set(org_name: str, which: str, amount: str, data_dir: Path | None) ->
 @click.argument("amount")
 @click.option("--wallet", "which", type=click.Choice(["sandbox", "guardrails"]),
               default="sandbox", show_default=True)
-@data_dir_option
-def wallet_topup(org_name: str, amount: str, which: str, data_dir: Path | None) -> None:
+@store_options
+def wallet_topup(org_name: str, amount: str, which: str, data_dir: Path | None,
+                 database_url: str | None) -> None:
     """Add AMOUNT credits to ORG_NAME's wallet (and enforce it). Sandboxes
     paused because it was empty resume within a metering interval."""
     from sbx.core import billing, money
@@ -316,14 +325,16 @@ def wallet_topup(org_name: str, amount: str, which: str, data_dir: Path | None) 
     async def go(s: Any) -> int:
         return await billing.topup(s, org_name, which, amount)
 
-    click.echo(f"{org_name}: {which} wallet = {money.to_credits(in_db(data_dir, go))}")
+    balance = in_db(data_dir, database_url, go)
+    click.echo(f"{org_name}: {which} wallet = {money.to_credits(balance)}")
 
 
 @wallet.command("show")
 @click.argument("org_name")
 @click.option("--json", "as_json", is_flag=True)
-@data_dir_option
-def wallet_show(org_name: str, as_json: bool, data_dir: Path | None) -> None:
+@store_options
+def wallet_show(org_name: str, as_json: bool, data_dir: Path | None,
+                database_url: str | None) -> None:
     """ORG_NAME's wallets: balance and whether each is enforced."""
     import json
 
@@ -333,7 +344,7 @@ def wallet_show(org_name: str, as_json: bool, data_dir: Path | None) -> None:
         org = await accounts.org_named(s, org_name)
         return [w.to_json() for w in await billing.wallets(s, org)]
 
-    rows = in_db(data_dir, go)
+    rows = in_db(data_dir, database_url, go)
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -342,8 +353,8 @@ def wallet_show(org_name: str, as_json: bool, data_dir: Path | None) -> None:
 
 
 @admin.command("teardown")
-@data_dir_option
-def teardown(data_dir: Path | None) -> None:
+@store_options
+def teardown(data_dir: Path | None, database_url: str | None) -> None:
     """Remove every host resource of this data dir's sandboxes (runsc
     containers, netns, veths, disks, cgroups, the nft table) and mark them
     deleted. For uninstalling, and for tests. Stop the server first."""
@@ -351,7 +362,7 @@ def teardown(data_dir: Path | None) -> None:
     from sbx.node.agent import NodeAgent
     from sbx.store import repo
 
-    settings = _settings(data_dir=data_dir)
+    settings = _settings(data_dir=data_dir, database_url=database_url)
 
     async def go(s: Any) -> int:
         from sbx.templates_build.layers import LayerStore
@@ -364,5 +375,5 @@ def teardown(data_dir: Path | None) -> None:
             await repo.set_state(s, row.id, row.state, "deleted", "teardown")
         return len(rows)
 
-    n = in_db(data_dir, go)
+    n = in_db(data_dir, database_url, go)
     click.echo(f"Removed host resources; {n} sandboxes marked deleted.")

@@ -20,6 +20,8 @@ from sbx.store.models import ApiKey, GuardrailUsage, Org, Tier
 async def create_org(s: AsyncSession, name: str, tier: str = "default") -> Org:
     if not name or len(name) > 200:
         raise ValueError("organisation name must be 1-200 characters")
+    # Two creates of one name at once: the second sees the first's row.
+    await repo.write_lock(s, f"org-name:{name}")
     if await repo.org_by_name(s, name) is not None:
         raise Conflict(f"organisation {name!r} already exists")
     row = await s.get(Tier, tier)

@@ -68,9 +68,9 @@ async def set_balance(s: AsyncSession, org_name: str, wallet: str, credits: str 
     """Bring the wallet to exactly credits with one adjusting entry and
     enforce it; None turns enforcement off (usage is still charged)."""
     _check(wallet)
-    # The balance read below must still hold when the adjustment is written.
-    await repo.write_lock(s)
     org = await org_named(s, org_name)
+    # The balance read below must still hold when the adjustment is written.
+    await repo.lock_org(s, org.id)
     if credits is None:
         setattr(org, f"{wallet}_wallet", False)
         return None

@@ -93,17 +93,20 @@ async def meter(db: Database, skip_orgs: Sequence[str] = ()) -> dict[str, int]:
     charged per organisation."""
     charged: dict[str, int] = {}
     async with db.transaction() as s:
-        await repo.write_lock(s)
+        await repo.write_lock(s, "metering")
         now = repo.now()
         tiers = {t.name: t for t in (await s.execute(select(Tier))).scalars()}
         orgs = {o.id: o for o in (await s.execute(select(Org))).scalars()}
+        # Locked (PostgreSQL; SQLite's write lock covers them already): a
+        # row deleted meanwhile (a create that failed) would fail the pass
+        # when its cursor is written.
         rows = (await s.execute(
             select(Sandbox).where(
                 Sandbox.org_id.not_in(list(skip_orgs)),
                 or_(Sandbox.state.in_(list(LIVE)),
                     Sandbox.metered_until.is_(None),
                     Sandbox.metered_until < Sandbox.ended_at),
-            )
+            ).order_by(Sandbox.id).with_for_update()
         )).scalars().all()
         for row in rows:
             org = orgs.get(row.org_id)

@@ -160,10 +160,11 @@ class SandboxService:
                      ) -> Sandbox | tuple[str, Sandbox]:
         """The create's checks and its row (state starting), or a pooled
         sandbox taken for it (the pool's token and the row)."""
-        # The count and the insert happen under one lock per organisation,
-        # so concurrent creates never pass the limit together.
+        # The count and the insert happen under one lock per organisation
+        # (in this process, and in the store across processes), so
+        # concurrent creates never pass the limit together.
         async with self._org_locks[org_id], self.db.transaction() as s:
-            org = await repo.org_by_id(s, org_id)
+            org = await repo.lock_org(s, org_id)
             assert org is not None
             tier = await limits.tier_of(s, org)
             want = limits.template_request(
@@ -216,7 +217,8 @@ class SandboxService:
         if self.pool_org is None or org_id == self.pool_org:
             return None
         vcpu, memory = spec.vcpu or tpl.vcpu, spec.memory_mib or tpl.memory_mib
-        for row in await repo.pooled(s, self.pool_org, tpl.id, vcpu, memory, [S.POOLED]):
+        for row in await repo.pooled(s, self.pool_org, tpl.id, vcpu, memory, [S.POOLED],
+                                     to_claim=True):
             if row.id in self._starting:
                 continue
             pool_token = row.envd_token

@@ -154,6 +154,9 @@ class TemplateBuilds:
                                      "Invalid Dockerfile") from exc
             await asyncio.to_thread(_check_sources, ctx, parsed)
             async with self._name_locks[req.name], self.db.transaction() as s:
+                # Another process's build of this name neither starts nor
+                # takes the version number meanwhile.
+                await repo.write_lock(s, f"template:{req.name}")
                 base = await self._base(s, parsed, org.id)
                 tier = await limits.tier_of(s, org)
                 vcpu = req.vcpu or base.vcpu
@@ -388,6 +391,7 @@ class TemplateBuilds:
         if name in RESERVED_NAMES:
             raise Forbidden(f"{name!r} is the built-in template")
         async with self._name_locks[name], self.db.transaction() as s:
+            await repo.write_lock(s, f"template:{name}")
             tpl = await self.visible(s, caller, name)
             if tpl.org_id is None and not caller.is_admin:
                 raise Forbidden("deleting a public template needs an admin key")

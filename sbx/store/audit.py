@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, delete, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sbx.shared.audit import DEFAULT_RETENTION_DAYS
+from sbx.store import repo
 from sbx.store.db import Database
 from sbx.store.models import EgressAudit, GuardrailUsage, Sandbox
 
@@ -36,13 +37,17 @@ async def _count_checks(s: AsyncSession, checks: Counter[str], at: datetime) -> 
         if org_id is not None:
             per_org[org_id] += n
     for org_id, n in per_org.items():
-        res = await s.execute(
-            update(GuardrailUsage)
-            .where(GuardrailUsage.org_id == org_id, GuardrailUsage.day == day)
-            .values(checks=GuardrailUsage.checks + n)
-        )
-        if res.rowcount == 0:  # type: ignore[attr-defined]
-            s.add(GuardrailUsage(org_id=org_id, day=day, checks=n))
+        await add_guardrail_checks(s, org_id, day, n)
+
+
+async def add_guardrail_checks(s: AsyncSession, org_id: str, day: str, n: int) -> None:
+    """Count n more guardrail checks for the organisation's day, in one
+    statement (an upsert), so that writers at once never lose a count."""
+    new = await repo.insert_or(s, GuardrailUsage)
+    stmt = new.values(org_id=org_id, day=day, checks=n, charged=0)
+    await s.execute(stmt.on_conflict_do_update(
+        index_elements=[GuardrailUsage.org_id, GuardrailUsage.day],
+        set_={"checks": GuardrailUsage.checks + stmt.excluded.checks}))
 
 
 async def purge_expired(db: Database, now: datetime | None = None) -> int:

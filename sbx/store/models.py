@@ -42,6 +42,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+# Ids of append-only tables (events, the ledger, the audit log) may pass
+# 2**31 on PostgreSQL; SQLite autoincrements only an INTEGER primary key,
+# which is 64 bits there anyway.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -89,7 +95,7 @@ class CreateLog(Base):
     __tablename__ = "create_log"
     __table_args__ = (Index("ix_create_log_org_at", "org_id", "at"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     org_id: Mapped[str] = mapped_column(String(40))
     at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -231,7 +237,7 @@ class NodeRow(Base):
 class SandboxEvent(Base):
     __tablename__ = "sandbox_events"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     sandbox_id: Mapped[str] = mapped_column(String(12), index=True)
     from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     to_state: Mapped[str] = mapped_column(String(16))
@@ -248,7 +254,7 @@ class EgressAudit(Base):
     __table_args__ = (Index("ix_egress_audit_sandbox_id_id", "sandbox_id", "id"),
                       Index("ix_egress_audit_expires_at", "expires_at"))
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     sandbox_id: Mapped[str] = mapped_column(String(12))
     at: Mapped[datetime] = mapped_column(UTCDateTime())
     protocol: Mapped[str] = mapped_column(String(8))
@@ -293,7 +299,7 @@ class LedgerEntry(Base):
     __table_args__ = (Index("ix_ledger_org_wallet", "org_id", "wallet", "amount"),
                       Index("ix_ledger_org_at", "org_id", "at"))
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime())
     org_id: Mapped[str] = mapped_column(String(40), ForeignKey("orgs.id"))
     wallet: Mapped[str] = mapped_column(String(16))  # sandbox | guardrails
@@ -306,3 +312,15 @@ class LedgerEntry(Base):
     period_start: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     period_end: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Lease(Base):
+    """A named duty held by one holder (a replica) until it expires, so a
+    duty is done once across replicas: see sbx.store.leases."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -7,9 +7,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from sbx.store.models import ApiKey, Org, Sandbox, SandboxEvent, Template
+from sbx.store.db import lock_key
+from sbx.store.models import ApiKey, Base, Org, Sandbox, SandboxEvent, Template
 
 
 def now() -> datetime:
@@ -23,6 +25,20 @@ async def org_by_name(s: AsyncSession, name: str) -> Org | None:
 
 async def org_by_id(s: AsyncSession, org_id: str) -> Org | None:
     return await s.get(Org, org_id)
+
+
+async def lock_org(s: AsyncSession, org_id: str) -> Org | None:
+    """The organisation, locked until the transaction ends: what is read
+    under it (live sandboxes, recent creates, a balance) still holds when
+    the transaction writes, whichever process runs the others. PostgreSQL:
+    its row, FOR NO KEY UPDATE (rows that merely refer to the organisation,
+    such as ledger entries, are still written meanwhile); SQLite: the
+    database's write lock."""
+    if (await s.connection()).dialect.name == "sqlite":
+        await write_lock(s, "org")
+    q = (select(Org).where(Org.id == org_id).with_for_update(key_share=True)
+         .execution_options(populate_existing=True))
+    return (await s.execute(q)).scalar_one_or_none()
 
 
 async def first_org(s: AsyncSession) -> Org | None:
@@ -156,24 +172,42 @@ def add_event(s: AsyncSession, sandbox_id: str, src: str | None, dst: str,
 
 
 async def pooled(s: AsyncSession, org_id: str, template_id: str, vcpu: int, memory_mib: int,
-                 states: Iterable[str]) -> Sequence[Sandbox]:
-    """The warm pool's sandboxes of one template and size, oldest first."""
+                 states: Iterable[str], to_claim: bool = False) -> Sequence[Sandbox]:
+    """The warm pool's sandboxes of one template and size, oldest first.
+    to_claim: locked for the caller's transaction, without those another
+    create is claiming (PostgreSQL; SQLite has one writer anyway)."""
     q = select(Sandbox).where(
         Sandbox.org_id == org_id, Sandbox.template_id == template_id,
         Sandbox.vcpu == vcpu, Sandbox.memory_mib == memory_mib,
         Sandbox.state.in_(list(states)),
     ).order_by(Sandbox.created_at)
+    if to_claim:
+        q = q.with_for_update(skip_locked=True)
     return (await s.execute(q)).scalars().all()
 
 
-async def write_lock(s: AsyncSession) -> None:
-    """Take SQLite's write lock now, as the transaction's first statement:
-    pysqlite begins a transaction only at the first write, so without it
-    what a read-then-write transaction read may be changed by another
-    writer before it writes (two metering passes would both charge the same
-    seconds). Other writers wait (busy_timeout)."""
+async def insert_or(s: AsyncSession, model: type[Base]) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT of the session's dialect, for ON CONFLICT (both have it,
+    spelled by each dialect's own construct)."""
+    if (await s.connection()).dialect.name == "postgresql":
+        return postgresql.insert(model)
+    return sqlite.insert(model)
+
+
+async def write_lock(s: AsyncSession, name: str) -> None:
+    """Serialise the caller's transaction, until it ends, with every other
+    one taking the lock `name`, in any process: what it reads before it
+    writes cannot change meanwhile (two metering passes would both charge
+    the same seconds).
+
+    PostgreSQL: a transaction-level advisory lock on the name. SQLite: the
+    database's one write lock (every name shares it), taken at once:
+    pysqlite begins a transaction only at the first write, so without it a
+    read-then-write transaction could see its reads changed by another
+    writer first. Others wait (busy_timeout)."""
     conn = await s.connection()
-    if conn.dialect.name != "sqlite":
+    if conn.dialect.name == "postgresql":
+        await s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(name)})
         return
     raw = await conn.get_raw_connection()
     # Already written in this transaction: the lock is held.

@@ -74,6 +74,8 @@ class Server:
     subnet: str
     port: int = field(default_factory=free_port)
     extra_env: dict[str, str] = field(default_factory=dict)
+    # None: the data dir's SQLite file.
+    database_url: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -83,7 +85,8 @@ class Server:
 
     @property
     def settings(self) -> Settings:
-        return Settings(data_dir=self.data_dir, subnet=self.subnet)
+        return Settings(data_dir=self.data_dir, subnet=self.subnet,
+                        database_url=self.database_url)
 
     @property
     def node_tag(self) -> str:
@@ -103,6 +106,8 @@ class Server:
             # take the paths they test, and the leak checks see only them.
             "SBX_WARM_POOL": "{}",
             "SBX_SPARE_RUNTIMES": "0",
+            # The server and `sbx admin` alike.
+            **({"SBX_DATABASE_URL": self.database_url} if self.database_url else {}),
             **self.extra_env,
         }
 
@@ -207,11 +212,14 @@ def mounts_of(data_dir: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def own_server(extra_env: dict[str, str] | None = None) -> Iterator[Server]:
+def own_server(extra_env: dict[str, str] | None = None,
+               database_url: str | None = None) -> Iterator[Server]:
     """A server of a test's own (reconciler every second), removed with
-    everything it made, checked for leaks."""
+    everything it made, checked for leaks; its store is the data dir's
+    SQLite file, or the database at database_url."""
     server = Server(Path(f"/var/tmp/sbx-test-{uuid.uuid4().hex[:8]}"), subnet=free_subnet(22),
-                    extra_env={"SBX_RECONCILE_INTERVAL_S": "1", **(extra_env or {})})
+                    extra_env={"SBX_RECONCILE_INTERVAL_S": "1", **(extra_env or {})},
+                    database_url=database_url)
     try:
         server.start()
         yield server

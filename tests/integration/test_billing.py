@@ -1,7 +1,8 @@
 """Tenancy and money against a real server: running time charged to the
 sandbox wallet, an empty wallet pausing the organisation's sandboxes
 (nothing lost) and refusing creates, a top-up resuming them; the usage API;
-the create limits holding under 50 parallel creates and across a restart."""
+the create limits holding under 50 parallel creates and across a restart,
+on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -15,16 +16,26 @@ import httpx
 import pytest
 
 from tests.integration.server import Server, own_server
+from tests.postgres import Postgres
 
 pytestmark = pytest.mark.integration
 
-COUNTER = "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.2; done' " \
-          ">/dev/null 2>&1 &"
+# Written aside and renamed: a read never sees the file empty (between `>`
+# truncating it and echo writing).
+COUNTER = "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/n.new; " \
+          "mv /tmp/n.new /tmp/n; sleep 0.2; done' >/dev/null 2>&1 &"
 
 
-@pytest.fixture(scope="module")
-def metered() -> Iterator[Server]:
-    with own_server({"SBX_METER_INTERVAL_S": "1"}) as server:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def metered(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """A server metering every second, on each store."""
+    env = {"SBX_METER_INTERVAL_S": "1"}
+    if request.param == "sqlite":
+        with own_server(env) as server:
+            yield server
+        return
+    pg: Postgres = request.getfixturevalue("postgres")
+    with pg.database() as url, own_server(env, database_url=url) as server:
         yield server
 
 

@@ -33,18 +33,22 @@ def test_timeout_deletes_and_reset_extends(api: httpx.Client) -> None:
     assert api.delete(f"/v1/sandbox/{b['id']}").status_code == 200
 
 
-def test_restart_keeps_sandboxes_and_crash_leaks_nothing(own_server: Server) -> None:
-    key = own_server.api_key
-    sb = Sandbox.create(api_url=own_server.url, api_key=key, vcpu=1, memory_mib=512)
+def test_restart_keeps_sandboxes_and_crash_leaks_nothing(own_server_each_store: Server) -> None:
+    """On SQLite and on PostgreSQL."""
+    server = own_server_each_store
+    key = server.api_key
+    sb = Sandbox.create(api_url=server.url, api_key=key, vcpu=1, memory_mib=512)
     sb.files.write("/root/keep.txt", "still here")
-    sb.commands.run("nohup bash -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/n; "
-                    "sleep 0.1; done' >/dev/null 2>&1 &", timeout=10)
+    # Written aside and renamed: a read never sees the file empty (it did,
+    # between `>` truncating it and echo writing, on a loaded host).
+    sb.commands.run("nohup bash -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/n.new; "
+                    "mv /tmp/n.new /tmp/n; sleep 0.1; done' >/dev/null 2>&1 &", timeout=10)
     sb.close()
     for how in (signal.SIGTERM, signal.SIGKILL):
-        own_server.stop(how)
-        assert sb.sandbox_id in runsc_ids(own_server)
-        own_server.start()
-        again = Sandbox.connect(sb.sandbox_id, api_url=own_server.url, api_key=key)
+        server.stop(how)
+        assert sb.sandbox_id in runsc_ids(server)
+        server.start()
+        again = Sandbox.connect(sb.sandbox_id, api_url=server.url, api_key=key)
         try:
             assert again.files.read("/root/keep.txt") == "still here"
             n1 = int(again.commands.run("cat /tmp/n").stdout)
@@ -53,12 +57,12 @@ def test_restart_keeps_sandboxes_and_crash_leaks_nothing(own_server: Server) -> 
         finally:
             again.close()
     # A sandbox whose runtime vanished behind the server's back is marked.
-    root = Path("/run/sbx") / own_server.node_tag / "runsc"
+    root = Path("/run/sbx") / server.node_tag / "runsc"
     subprocess.run(["runsc", "--root", str(root), "kill", sb.sandbox_id, "KILL"], check=True)
     h = {"X-API-Key": key}
-    url = f"{own_server.url}/v1/sandbox/{sb.sandbox_id}"
+    url = f"{server.url}/v1/sandbox/{sb.sandbox_id}"
     assert wait_for(lambda: httpx.get(url, headers=h).json()["state"] == "deleted", 10)
-    assert wait_for(lambda: leaks(own_server.node_tag) == {}, 10), leaks(own_server.node_tag)
+    assert wait_for(lambda: leaks(server.node_tag) == {}, 10), leaks(server.node_tag)
 
 
 def test_crash_during_create_leaks_nothing(own_server: Server) -> None:

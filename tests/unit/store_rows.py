@@ -1,5 +1,6 @@
-"""A real SQLite store with an organisation, the base template and some
-sandboxes in it, for unit tests of what reads and writes those rows."""
+"""A real store (SQLite or PostgreSQL) with an organisation, the base
+template and some sandboxes in it, for unit tests of what reads and writes
+those rows."""
 
 from __future__ import annotations
 

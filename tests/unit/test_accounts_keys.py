@@ -1,4 +1,4 @@
-"""API keys against a real SQLite store: roles, expiry, revocation (at once,
+"""API keys against a real store (SQLite and PostgreSQL): roles, expiry, revocation (at once,
 and for good), listings that show prefixes and never a key or its hash,
 and revoke by id, prefix or the key itself."""
 
@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
@@ -21,8 +20,8 @@ from sbx.store.models import ApiKey
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    d = Database(f"sqlite+aiosqlite:///{tmp_path / 'sbx.db'}")
+async def db(db_url: str) -> AsyncIterator[Database]:
+    d = Database(db_url)
     await d.migrate()
     async with d.transaction() as s:
         await accounts.create_org(s, "alpha")

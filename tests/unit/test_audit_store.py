@@ -5,7 +5,6 @@ audit off keeps nothing, guardrail checks counted per organisation and day
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 from sqlalchemy import select
 
@@ -18,13 +17,13 @@ from sbx.store.models import EgressAudit
 from tests.unit.store_rows import seeded
 
 
-async def _store(tmp_path: Path) -> tuple[Database, str]:
-    return await seeded(f"sqlite+aiosqlite:///{tmp_path / 'sbx.db'}", "audit-test",
+async def _store(url: str) -> tuple[Database, str]:
+    return await seeded(url, "audit-test",
                         ["sbx-aaaaaaaa", "sbx-bbbbbbbb"])
 
 
-async def test_retention_audit_off_and_counted_checks(tmp_path: Path) -> None:
-    db, org_id = await _store(tmp_path)
+async def test_retention_audit_off_and_counted_checks(db_url: str) -> None:
+    db, org_id = await _store(db_url)
     try:
         writer = AuditWriter(db)
         settings = {"sbx-aaaaaaaa": (True, 1), "sbx-bbbbbbbb": (False, 30)}

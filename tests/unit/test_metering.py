@@ -1,4 +1,4 @@
-"""Metering against a real SQLite store: running time (and only running
+"""Metering against a real store (SQLite and PostgreSQL): running time (and only running
 time) charged exactly once, also when the metering process is killed in
 the middle of a pass; wallets as sums of the ledger."""
 
@@ -12,7 +12,6 @@ import sys
 import textwrap
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -58,9 +57,9 @@ def test_amounts_are_exact_micro_credits() -> None:
             money.to_micro(bad)
 
 
-async def _store(tmp_path: Path, sandboxes: int = 1) -> tuple[Database, str, list[str]]:
+async def _store(url: str, sandboxes: int = 1) -> tuple[Database, str, list[str]]:
     ids = [f"sbx-{i:08d}" for i in range(sandboxes)]
-    db, org_id = await seeded(f"sqlite+aiosqlite:///{tmp_path / 'sbx.db'}", "meter-test", ids,
+    db, org_id = await seeded(url, "meter-test", ids,
                               vcpu=2, memory_mib=1024, created_at=T0)
     async with db.transaction() as s:
         for sid in ids:
@@ -76,8 +75,8 @@ async def _vcpu_seconds(db: Database, sid: str) -> float:
 
 
 async def test_each_second_charged_once_and_paused_time_free(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    db, org_id, (sid,) = await _store(tmp_path)
+        db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    db, org_id, (sid,) = await _store(db_url)
     clock = [T0 + timedelta(seconds=30)]
     monkeypatch.setattr(repo, "now", lambda: clock[0])
     try:
@@ -110,8 +109,8 @@ async def test_each_second_charged_once_and_paused_time_free(
         await db.close()
 
 
-async def test_guardrail_checks_charged_once(tmp_path: Path) -> None:
-    db, org_id, _ = await _store(tmp_path, sandboxes=0)
+async def test_guardrail_checks_charged_once(db_url: str) -> None:
+    db, org_id, _ = await _store(db_url, sandboxes=0)
     try:
         async with db.transaction() as s:
             s.add(GuardrailUsage(org_id=org_id, day="2026-11-30", checks=7))
@@ -126,8 +125,8 @@ async def test_guardrail_checks_charged_once(tmp_path: Path) -> None:
         await db.close()
 
 
-async def test_wallets_are_sums_of_the_ledger(tmp_path: Path) -> None:
-    db, org_id, _ = await _store(tmp_path, sandboxes=0)
+async def test_wallets_are_sums_of_the_ledger(db_url: str) -> None:
+    db, org_id, _ = await _store(db_url, sandboxes=0)
     try:
         async with db.transaction() as s:
             org = await repo.org_by_id(s, org_id)
@@ -202,19 +201,19 @@ async def _started_ago(db: Database, seconds: float) -> datetime:
     return start
 
 
-async def _start_at_now(tmp_path: Path) -> str:
-    db, _, _ = await _store(tmp_path, sandboxes=40)
+async def _start_at_now(url: str) -> str:
+    db, _, _ = await _store(url, sandboxes=40)
     await _started_ago(db, 5)
     await db.close()
     return db.url
 
 
-def test_exact_after_the_meter_is_killed_mid_pass(tmp_path: Path) -> None:
+def test_exact_after_the_meter_is_killed_mid_pass(db_url: str) -> None:
     """A process metering 40 sandboxes in a loop is SIGKILLed at eight
     different moments: after each, every sandbox's charged vCPU-seconds
     equal its running time up to its cursor, and the cursors agree (each
     pass is all or nothing)."""
-    url = asyncio.run(_start_at_now(tmp_path))
+    url = asyncio.run(_start_at_now(db_url))
     passes = []
     for round_ in range(8):
         proc = subprocess.Popen([sys.executable, "-c", METER_LOOP, url],
@@ -243,11 +242,11 @@ async def _entries(url: str) -> int:
         await db.close()
 
 
-async def test_passes_at_once_charge_once(tmp_path: Path) -> None:
+async def test_passes_at_once_charge_once(db_url: str) -> None:
     """The metering loop and a usage request may run a pass at the same time:
     each second is still charged once (the pass holds the write lock from
     its first read)."""
-    db, _, ids = await _store(tmp_path, sandboxes=5)
+    db, _, ids = await _store(db_url, sandboxes=5)
     try:
         start = await _started_ago(db, 10)
         others = [Database(db.url) for _ in range(3)]

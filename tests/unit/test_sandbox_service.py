@@ -1,5 +1,5 @@
 """Core's sandbox rules against a node in memory (tests/unit/fake_node.py)
-and a real SQLite store: what a create, pause, resume, delete, timeout and
+and a real store (SQLite and PostgreSQL): what a create, pause, resume, delete, timeout and
 reconcile write, what they ask of the node, and what they leave when the
 node fails. No root, runsc or nftables: the node interface is the seam."""
 
@@ -34,9 +34,9 @@ class Core:
 
 
 @pytest.fixture
-async def core(tmp_path: Path) -> AsyncIterator[Core]:
-    settings = Settings(data_dir=tmp_path, subnet="10.254.0.0/24")
-    db, org_id = await seeded(settings.db_url, "core-test", [])
+async def core(tmp_path: Path, db_url: str) -> AsyncIterator[Core]:
+    settings = Settings(data_dir=tmp_path, subnet="10.254.0.0/24", database_url=db_url)
+    db, org_id = await seeded(db_url, "core-test", [])
     node = FakeNode()
     try:
         yield Core(SandboxService(db, OneNode(node), settings), node, db, org_id)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+# 64-bit on PostgreSQL; SQLite autoincrements only an INTEGER primary key.
+BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -72,7 +75,7 @@ def upgrade() -> None:
     op.create_index("ix_sandboxes_org_state", "sandboxes", ["org_id", "state"])
     op.create_table(
         "sandbox_events",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("id", BIG_ID, primary_key=True, autoincrement=True),
         sa.Column("sandbox_id", sa.String(12), nullable=False),
         sa.Column("from_state", sa.String(16), nullable=True),
         sa.Column("to_state", sa.String(16), nullable=False),

@@ -9,6 +9,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+# 64-bit on PostgreSQL; SQLite autoincrements only an INTEGER primary key.
+BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 revision = "0002_egress_audit"
 down_revision = "0002"
 branch_labels = None
@@ -18,7 +21,7 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "egress_audit",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("id", BIG_ID, primary_key=True, autoincrement=True),
         sa.Column("sandbox_id", sa.String(12), nullable=False),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("protocol", sa.String(8), nullable=False),

@@ -9,6 +9,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+# 64-bit on PostgreSQL; SQLite autoincrements only an INTEGER primary key.
+BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -40,7 +43,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("guardrails_balance", sa.Float, nullable=True))
     op.create_table(
         "create_log",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("id", BIG_ID, primary_key=True, autoincrement=True),
         sa.Column("org_id", sa.String(40), nullable=False),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
     )

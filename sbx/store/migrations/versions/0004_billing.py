@@ -16,6 +16,9 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
+# 64-bit on PostgreSQL; SQLite autoincrements only an INTEGER primary key.
+BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 revision = "0004_billing"
 down_revision = "0003_guardrails"
 branch_labels = None
@@ -35,7 +38,7 @@ def upgrade() -> None:
                                server_default="100"))
     op.create_table(
         "ledger",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("id", BIG_ID, primary_key=True, autoincrement=True),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False),
         sa.Column("wallet", sa.String(16), nullable=False),

@@ -4,8 +4,8 @@ A node registers with a join token (only its hash is kept) and its
 capacity, and heartbeats; a sandbox records the node that holds it
 (NULL: the one node inside `sbx server`).
 
-Revision ID: 0006_nodes
-Revises: 0005_template_builds
+Revision ID: 0007_nodes
+Revises: 0006_leases
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_nodes"
-down_revision = "0005_template_builds"
+revision = "0007_nodes"
+down_revision = "0006_leases"
 branch_labels = None
 depends_on = None
 
