@@ -12,7 +12,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
+import socket
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 from sbx.config import Settings
@@ -27,7 +30,7 @@ from sbx.core.sandboxes import SandboxService
 from sbx.core.template_builds import TemplateBuilds
 from sbx.node.agent import NodeAgent
 from sbx.store import audit as audit_repo
-from sbx.store import repo
+from sbx.store import leases, repo
 from sbx.store.db import Database
 from sbx.templates_build.builder import Builder
 from sbx.templates_build.layers import LayerStore
@@ -64,6 +67,8 @@ class Platform:
         self.progress = progress or (lambda line: log.info("%s", line))
         self._tasks: list[asyncio.Task[None]] = []
         self.bootstrap_key: str | None = None
+        # Names this process in the store's leases (a cluster's replicas).
+        self.instance = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
 
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -80,26 +85,21 @@ class Platform:
         await self.egress.resync()
         await self.sandboxes.reconcile()
         await self.templates.recover()
+        s = self.settings
+        duties: list[tuple[str, Callable[[], object], float]] = [
+            ("timeouts", self.sandboxes.expire_due, s.timeout_check_interval_s),
+            ("reconcile", self.sandboxes.reconcile, s.reconcile_interval_s),
+            ("egress-resync", self.egress.resync, s.reconcile_interval_s),
+            ("audit-retention", self._purge_audit, s.audit_purge_interval_s),
+            ("metering", self.meter, s.meter_interval_s),
+            # Template versions no sandbox needs any more lose their files.
+            ("template-versions", self.templates.retire_unused, s.reconcile_interval_s),
+        ]
         self._tasks = [
             asyncio.create_task(self._prepare(), name="prepare"),
             *([asyncio.create_task(self.cluster.run(), name="cluster")] if self.cluster else []),
-            asyncio.create_task(self._loop(self.sandboxes.expire_due,
-                                           self.settings.timeout_check_interval_s),
-                                name="timeouts"),
-            asyncio.create_task(self._loop(self.sandboxes.reconcile,
-                                           self.settings.reconcile_interval_s),
-                                name="reconcile"),
-            asyncio.create_task(self._loop(self.egress.resync,
-                                           self.settings.reconcile_interval_s),
-                                name="egress-resync"),
-            asyncio.create_task(self._loop(self._purge_audit, self.settings.audit_purge_interval_s),
-                                name="audit-retention"),
-            asyncio.create_task(self._loop(self.meter, self.settings.meter_interval_s),
-                                name="metering"),
-            # Template versions no sandbox needs any more lose their files.
-            asyncio.create_task(self._loop(self.templates.retire_unused,
-                                           self.settings.reconcile_interval_s),
-                                name="template-versions"),
+            *(asyncio.create_task(self._loop(name, duty, interval), name=name)
+              for name, duty, interval in duties),
         ]
 
     def check_ready(self) -> None:
@@ -137,8 +137,9 @@ class Platform:
             return
         self.ready.set()
         if self.agent is None:
-            # A cluster's nodes build their own template snapshots and spares.
-            await self.pool.run()
+            # A cluster's nodes build their own template snapshots and spares;
+            # one replica at a time fills the warm pool.
+            await self._loop("warm-pool", self.pool.fill, self.settings.reconcile_interval_s)
             return
         # Snapshots of the usual sizes, so that first creates are fast too.
         for size in self.settings.prewarm_snapshots:
@@ -162,15 +163,30 @@ class Platform:
         if removed:
             log.info("audit retention: %d entries past their retention removed", removed)
 
-    async def _loop(self, duty: Callable[[], object], interval: float) -> None:
+    async def _loop(self, name: str, duty: Callable[[], object], interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
+            if not await self._leads(name, interval):
+                continue
             try:
                 result = duty()
                 if asyncio.iscoroutine(result):
                     await result
             except Exception:
                 log.exception("background duty failed")
+
+    async def _leads(self, duty: str, interval: float) -> bool:
+        """Whether this process does the duty now. With replicas (a
+        cluster), one does each, by a lease in the store renewed at every
+        round; another takes it over once a holder that died lets it expire."""
+        if self.cluster is None:
+            return True
+        ttl = timedelta(seconds=max(10.0, 3 * interval))
+        try:
+            return await leases.acquire(self.db, duty, self.instance, ttl)
+        except Exception:
+            log.exception("taking the lease of %s failed", duty)
+            return False
 
     async def stop(self) -> None:
         """Stop the server's own work. Sandboxes keep running: a restarted
@@ -186,5 +202,8 @@ class Platform:
             await self.agent.close()
         if self.cluster is not None:
             await self.cluster.close()
+            with contextlib.suppress(Exception):
+                for name in await leases.names(self.db, self.instance):
+                    await leases.release(self.db, name, self.instance)
         await self.audit.stop()
         await self.db.close()

@@ -63,6 +63,13 @@ async def release(db: Database, name: str, holder: str) -> bool:
         return int(res.rowcount) == 1  # type: ignore[attr-defined]
 
 
+async def names(db: Database, holder: str) -> list[str]:
+    """The leases holder has (expired or not)."""
+    async with db.session() as s:
+        return list((await s.execute(select(Lease.name).where(Lease.holder == holder)))
+                    .scalars())
+
+
 async def held(db: Database, name: str, now: datetime | None = None) -> Held | None:
     """Who holds the lease, unless nobody does or it has expired."""
     now = now or repo.now()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -32,6 +33,13 @@ def _wait(what: str, ok: object, timeout: float, step: float = 0.2) -> None:
             return
         time.sleep(step)
     raise AssertionError(f"{what}: not within {timeout} s")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 @dataclass
@@ -117,12 +125,7 @@ def cluster(sbx_server: object) -> Iterator[Cluster]:
             url = f"http://127.0.0.1:{port}"
             c.apis.append((url, proc))
 
-            def healthy(url: str = url) -> bool:
-                try:
-                    return httpx.get(url + "/health", timeout=2).status_code == 200
-                except httpx.HTTPError:
-                    return False
-            _wait(f"api {i} healthy\n{proc.tail()}", healthy, 120)
+            _wait(f"api {i} healthy\n{proc.tail()}", lambda u=url: _healthy(u), 120)
         c.key = (c.root / "api" / "api-key").read_text().strip()
         token = subprocess.run([SBX, "admin", "node", "token", "--data-dir", str(c.root / "api")],
                                capture_output=True, text=True, check=True,
@@ -240,3 +243,25 @@ def test_a_killed_node_is_lost_then_back_and_a_killed_replica_changes_nothing(
         api = cluster.apis[0][1]
         if api.proc is not None and api.proc.poll() is not None:
             api.start()
+            _wait("api 0 back", lambda: _healthy(cluster.url), 120)
+
+
+def test_each_duty_runs_on_one_replica_and_a_timeout_fires_once(cluster: Cluster) -> None:
+    db = cluster.root / "api" / "sbx.db"
+    with sqlite3.connect(db) as conn:
+        held = dict(conn.execute("SELECT name, holder FROM leases").fetchall())
+    assert {"timeouts", "reconcile", "metering", "egress-resync"} <= set(held)
+    created = httpx.post(f"{cluster.url}/sandboxes", json={"template": "base", "timeout": 3},
+                         headers={"X-API-Key": cluster.key}, timeout=60)
+    assert created.status_code == 201, created.text
+    sid = created.json()["sandbox_id"]
+
+    def killed() -> bool:
+        got = httpx.get(f"{cluster.url}/sandboxes/{sid}", headers={"X-API-Key": cluster.key},
+                        timeout=10)
+        return got.json().get("state") == "killed"
+    _wait("timeout fired", killed, 30)
+    with sqlite3.connect(db) as conn:
+        events = conn.execute("SELECT from_state, to_state FROM sandbox_events "
+                              "WHERE sandbox_id = ? AND detail = 'timeout'", (sid,)).fetchall()
+    assert events == [("running", "deleting"), ("deleting", "killed")]
