@@ -36,10 +36,18 @@ async def set_network_policy(sandbox_id: str, request: Request, caller: Caller
     return out(await p.egress.set_policy(caller.id, sandbox_id, policy))
 
 
+# Entry ids are SQLite integers: a larger cursor cannot name one, and
+# cannot be bound to a query either (OverflowError).
+_MAX_ID = 2**63 - 1
+
+
 def _since(value: str | None) -> tuple[int | None, datetime | None]:
     if value is None or value == "":
         return None, None
-    if value.isdigit():
+    # isdigit() alone also takes digits such as "²", which int() refuses.
+    if value.isascii() and value.isdigit():
+        if len(value) > 19 or int(value) > _MAX_ID:
+            raise InvalidRequest([FieldError("since", f"an entry id is at most {_MAX_ID}")])
         return int(value), None
     try:
         at = datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -6,7 +6,6 @@ reads them; errors are `{"code", "message"}`."""
 from __future__ import annotations
 
 import base64
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
@@ -34,7 +33,7 @@ from sbx.core.limits import LimitReached
 from sbx.core.sandboxes import CreateSpec, SandboxService
 from sbx.core.security import parse_security
 from sbx.core.templates import BASE
-from sbx.core.validation import parse
+from sbx.core.validation import parse, peek_json
 from sbx.envd import ENVD_VERSION
 from sbx.shared.policy import NetworkPolicy, default_policy
 from sbx.store.models import Sandbox
@@ -103,11 +102,7 @@ def _is_e2b(data: Any) -> bool:
     return isinstance(data, dict) and "templateID" in data
 
 
-def _spec_002(raw: bytes) -> CreateSpec:
-    try:
-        data = json.loads(raw) if raw.strip() else None
-    except json.JSONDecodeError:
-        data = None
+def _spec_002(raw: bytes, data: Any) -> CreateSpec:
     if isinstance(data, dict) and "resources" in data:
         raise Forbidden(
             "Resources (vCPU, memory, disk) are fixed by the template; the request-level "
@@ -152,11 +147,8 @@ def _spec_e2b(raw: bytes) -> CreateSpec:
 
 async def _create(request: Request, caller: Caller, e2b_only: bool) -> JSONResponse:
     raw = await request.body()
-    try:
-        peek = json.loads(raw) if raw.strip() else None
-    except json.JSONDecodeError:
-        peek = None
-    spec = _spec_e2b(raw) if (e2b_only or _is_e2b(peek)) else _spec_002(raw)
+    peek = peek_json(raw)
+    spec = _spec_e2b(raw) if (e2b_only or _is_e2b(peek)) else _spec_002(raw, peek)
     platform(request).check_ready()
     service = platform(request).sandboxes
     try:
