@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from sbx import __version__
 from sbx.api import errors
+from sbx.api.body_limit import BodyLimit
 from sbx.api.routes import admin, egress, nodes, sandboxes, templates, usage, v1_sandbox
 from sbx.config import Settings
 from sbx.gateway.proxy import Gateway
@@ -55,5 +56,5 @@ def create_app(settings: Settings, progress: Callable[[str], None] | None = None
     app.include_router(admin.router)
     app.include_router(templates.router)
     app.include_router(nodes.router)
-    gateway = Gateway(app, platform.sandboxes)
+    gateway = Gateway(BodyLimit(app), platform.sandboxes)
     return gateway
