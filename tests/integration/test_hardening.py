@@ -1,0 +1,136 @@
+"""Hostile requests (issue 15): bodies that are not JSON at all, cursors past
+SQLite's integers and bodies of hundreds of MiB each get a 4xx in the
+called surface's error shape, change nothing, and cost the server no
+memory; sandbox file uploads through the gateway stay unbounded."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sbx import Sandbox
+from tests.integration.server import Server, seed002_error
+
+pytestmark = pytest.mark.integration
+
+# Bodies that made the standard library's JSON parser raise (issue 15).
+NOT_UTF8 = b'\xff\xfe{"template": "base"}'
+DEEP = b"[" * 50_000 + b"]" * 50_000
+LONG_INT = b'{"timeout": ' + b"9" * 5000 + b"}"
+LONG_INT_E2B = b'{"templateID": "base", "timeout": ' + b"9" * 5000 + b"}"
+HOSTILE = {"not-utf8": NOT_UTF8, "deep": DEEP, "long-int": LONG_INT,
+           "long-int-e2b": LONG_INT_E2B}
+
+
+@pytest.fixture
+def sandbox(sbx_server: Server, org_key: str) -> Iterator[Sandbox]:
+    sb = Sandbox.create(api_url=sbx_server.url, api_key=org_key, vcpu=1, memory_mib=512)
+    try:
+        yield sb
+    finally:
+        sb.kill()
+
+
+def _v1_error(r: httpx.Response, status: int) -> str:
+    """Seed 000's error shape: `{"message", "errors"?}`."""
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) <= {"message", "errors"} and isinstance(body["message"], str), body
+    return str(body["message"])
+
+
+@pytest.mark.parametrize("path", ["/sandboxes", "/v2/sandboxes", "/v1/sandbox/"])
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_bodies_that_are_not_json_are_400_and_change_nothing(
+        api: httpx.Client, path: str, name: str) -> None:
+    before = api.get("/sandboxes", params={"state": "running,paused"}).json()
+    r = api.post(path, content=HOSTILE[name], headers={"Content-Type": "application/json"})
+    if path.startswith("/v1/"):
+        assert _v1_error(r, 400) == "Invalid request"
+        assert r.json()["errors"][0]["field"] == "body"
+        assert "malformed JSON" in r.json()["errors"][0]["error"]
+    else:
+        assert "malformed JSON" in seed002_error(r, 400)
+    assert api.get("/sandboxes", params={"state": "running,paused"}).json() == before
+
+
+def test_security_policy_as_a_json_string_that_is_not_json_is_400(api: httpx.Client) -> None:
+    for text in ["[" * 50_000, '{"audit": {"retention_days": ' + "9" * 5000 + "}}"]:
+        r = api.post("/sandboxes", json={"template": "base", "security": text})
+        assert "security: malformed security JSON" in seed002_error(r, 400)
+
+
+@pytest.mark.parametrize("since", ["9999999999999999999999", "9223372036854775808", "²"])
+def test_an_audit_cursor_past_sqlites_integers_is_400(
+        api: httpx.Client, sandbox: Sandbox, since: str) -> None:
+    sid = sandbox.sandbox_id
+    r = api.get(f"/sandboxes/{sid}/audit", params={"since": since})
+    assert "since" in seed002_error(r, 400)
+    r = api.get(f"/v1/sandbox/{sid}/audit", params={"since": since})
+    assert _v1_error(r, 400) == "Invalid request"
+    assert r.json()["errors"][0]["field"] == "since"
+    # The largest id still works: an empty page.
+    r = api.get(f"/v1/sandbox/{sid}/audit", params={"since": str(2**63 - 1)})
+    assert r.status_code == 200 and r.json()["entries"] == [], r.text
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _post_huge(url: str, path: str, key: str, mib: int, chunked: bool) -> bytes:
+    """POST a body of mib MiB over a raw socket (httpx would buffer it),
+    stopping when the server answers or closes; answer the response head."""
+    host, port = url.removeprefix("http://").split(":")
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {key}\r\n"
+            "Content-Type: application/json\r\n")
+    head += ("Transfer-Encoding: chunked\r\n\r\n" if chunked
+             else f"Content-Length: {mib << 20}\r\n\r\n")
+    chunk = b"[" * (1 << 20)
+    with socket.create_connection((host, int(port)), timeout=60) as s:
+        s.sendall(head.encode())
+        try:
+            for _ in range(mib):
+                s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            if chunked:
+                s.sendall(b"0\r\n\r\n")
+        except OSError:
+            pass  # the server stopped reading: its answer is waiting
+        return s.recv(65536)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_huge_body_is_413_without_growing_the_server(
+        sbx_server: Server, org_key: str, chunked: bool) -> None:
+    assert sbx_server.proc is not None
+    pid = sbx_server.proc.pid
+    before = _rss_kib(pid)
+    for path, shape in [("/v1/sandbox/", "v1"), ("/sandboxes", "002"), ("/v2/sandboxes", "002")]:
+        answer = _post_huge(sbx_server.url, path, org_key, 400, chunked)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413"), answer[:300]
+        if shape == "v1":
+            assert body == b'{"message":"The request body is larger than 1 MiB"}', body
+        else:
+            assert body == b'{"code":413,"message":"The request body is larger than 1 MiB"}'
+    # Three bodies of 400 MiB: the server's memory moved by far less than one.
+    assert _rss_kib(pid) - before < 64 * 1024, (before, _rss_kib(pid))
+    # Just under the bound is an ordinary (here: invalid) request.
+    r = httpx.post(sbx_server.url + "/v1/sandbox/", headers={"X-API-Key": org_key},
+                   content=b" " * ((1 << 20) - 2) + b"{}", timeout=30)
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "template_name", r.text
+
+
+def test_uploads_to_a_sandbox_through_the_gateway_are_not_bounded(sandbox: Sandbox) -> None:
+    data = bytes(range(256)) * (12 << 12)  # 12 MiB
+    sandbox.files.write("/tmp/big.bin", data)
+    r = sandbox.commands.run("sha256sum /tmp/big.bin")
+    assert r.stdout.split()[0] == hashlib.sha256(data).hexdigest()
