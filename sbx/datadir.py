@@ -22,8 +22,9 @@ LOCK = "lock"
 # -wal and -shm with the database file's mode, but an older sbx left them
 # 0644).
 _SECRET_FILES = ("sbx.db", "sbx.db-wal", "sbx.db-shm", "sbx.db-journal", "api-key", LOCK)
-# Trees whose every file is secret: memory images and disks of sandboxes.
-_SECRET_TREES = ("snapshots", "sandboxes", "spares", "builds")
+# Trees whose every file is secret: memory images and disks of sandboxes,
+# their egress CAs' keys, build contexts and output.
+_SECRET_TREES = ("snapshots", "sandboxes", "spares", "egress", "builds")
 
 
 class DataDirBusy(Exception):
