@@ -51,11 +51,14 @@ def _since(value: str | None) -> tuple[int | None, datetime | None]:
         return int(value), None
     try:
         at = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        # In UTC here: a time at the ends of datetime's range whose offset
+        # crosses them (0001-01-01T00:00+01:00) cannot be.
+        at = (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
         raise InvalidRequest([FieldError(
             "since", "must be an entry id (a cursor) or an ISO 8601 time"
         )]) from None
-    return None, at if at.tzinfo else at.replace(tzinfo=UTC)
+    return None, at
 
 
 @router.get("/{sandbox_id}/audit", responses=ERRORS)

@@ -15,6 +15,9 @@ from sbx.store import repo
 
 router = APIRouter(tags=["usage"])
 MAX_DAYS = 366
+# Days a ledger can hold; the ends of date's range would overflow the day
+# arithmetic (a default `from` 29 days back, the end of `to`).
+FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(9999, 12, 30)
 
 
 def _day(request: Request, name: str, default: date) -> date:
@@ -22,9 +25,12 @@ def _day(request: Request, name: str, default: date) -> date:
     if raw is None or raw == "":
         return default
     try:
-        return date.fromisoformat(raw)
+        day = date.fromisoformat(raw)
     except ValueError:
         raise InvalidRequest([FieldError(name, "must be a date, YYYY-MM-DD")]) from None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise InvalidRequest([FieldError(name, f"must be from {FIRST_DAY} to {LAST_DAY}")])
+    return day
 
 
 @router.get("/v1/usage")
