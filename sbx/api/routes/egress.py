@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hmac
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
+from sbx.api.contract import body
 from sbx.api.deps import Caller, api_key, org, platform
 from sbx.api.routes.v1_sandbox import ERRORS, out
+from sbx.api.schemas.answers import AuditPage
 from sbx.api.schemas.v1 import SandboxOut
 from sbx.core.audit import entry_out
 from sbx.core.errors import FieldError, InvalidRequest, NotFound
@@ -25,7 +27,8 @@ PROXY_TOKEN_HEADER = "x-security-proxy-token"
 MAX_LIMIT = 1000
 
 
-@router.put("/{sandbox_id}/network_policy", responses=ERRORS, response_model=SandboxOut)
+@router.put("/{sandbox_id}/network_policy", responses=ERRORS, response_model=SandboxOut,
+            openapi_extra=body(NetworkPolicy))
 async def set_network_policy(sandbox_id: str, request: Request, caller: Caller
                              ) -> dict[str, object]:
     """Replace a running (or paused) sandbox's network policy; it applies
@@ -61,25 +64,25 @@ def _since(value: str | None) -> tuple[int | None, datetime | None]:
     return None, at
 
 
-@router.get("/{sandbox_id}/audit", responses=ERRORS)
+@router.get("/{sandbox_id}/audit", responses=ERRORS, response_model=AuditPage)
 async def read_audit(sandbox_id: str, request: Request, since: str | None = None,
-                     limit: int = 100) -> dict[str, Any]:
+                     limit: int = 100) -> JSONResponse:
     """The sandbox's egress attempts, oldest first. Authorised by the
     organisation's API key, or by the sandbox's security-proxy token in
     `X-Security-Proxy-Token`. Page on with `since=<next_since>`."""
     return await audit_page(request, sandbox_id, since, limit)
 
 
-@router_002.get("/sandboxes/{sandbox_id}/audit")
+@router_002.get("/sandboxes/{sandbox_id}/audit", response_model=AuditPage)
 async def read_audit_002(sandbox_id: str, request: Request, since: str | None = None,
-                         limit: int = 100) -> dict[str, Any]:
+                         limit: int = 100) -> JSONResponse:
     """The same log on the seed-002 surface (errors as `{code, message}`),
     where the security-proxy token is handed out."""
     return await audit_page(request, sandbox_id, since, limit)
 
 
 async def audit_page(request: Request, sandbox_id: str, since: str | None, limit: int
-                     ) -> dict[str, Any]:
+                     ) -> JSONResponse:
     p = platform(request)
     token = request.headers.get(PROXY_TOKEN_HEADER)
     if token is not None and api_key(request) is None:
@@ -97,4 +100,4 @@ async def audit_page(request: Request, sandbox_id: str, since: str | None, limit
     rows = await audit_repo.read(p.db, sandbox_id, after_id=after_id, since=at, limit=limit)
     entries = [entry_out(r) for r in rows]
     next_since = entries[-1]["id"] if entries else (after_id if after_id is not None else since)
-    return {"sandbox_id": sandbox_id, "entries": entries, "next_since": next_since}
+    return JSONResponse({"sandbox_id": sandbox_id, "entries": entries, "next_since": next_since})

@@ -4,11 +4,12 @@ charges, by day and by sandbox, with totals and wallet balances."""
 from __future__ import annotations
 
 from datetime import date, timedelta
-from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
 from sbx.api.deps import Caller, platform
+from sbx.api.schemas.answers import UsageOut
 from sbx.core import metering, usage
 from sbx.core.errors import FieldError, InvalidRequest
 from sbx.store import repo
@@ -33,9 +34,9 @@ def _day(request: Request, name: str, default: date) -> date:
     return day
 
 
-@router.get("/v1/usage")
-@router.get("/usage")
-async def get_usage(request: Request, caller: Caller) -> dict[str, Any]:
+@router.get("/v1/usage", response_model=UsageOut)
+@router.get("/usage", response_model=UsageOut)
+async def get_usage(request: Request, caller: Caller) -> JSONResponse:
     """Days `from`..`to` (UTC, both included; default: the last 30 days).
     Charges made up to this moment are included: the call runs a metering
     pass first."""
@@ -50,4 +51,4 @@ async def get_usage(request: Request, caller: Caller) -> dict[str, Any]:
     skip = [p.sandboxes.pool_org] if p.sandboxes.pool_org else []
     await metering.meter(p.db, skip)
     async with p.db.session() as s:
-        return (await usage.usage(s, caller, since, until)).to_json()
+        return JSONResponse((await usage.usage(s, caller, since, until)).to_json())
