@@ -134,3 +134,35 @@ def test_uploads_to_a_sandbox_through_the_gateway_are_not_bounded(sandbox: Sandb
     sandbox.files.write("/tmp/big.bin", data)
     r = sandbox.commands.run("sha256sum /tmp/big.bin")
     assert r.stdout.split()[0] == hashlib.sha256(data).hexdigest()
+
+
+# Found by fuzzing (schemathesis and a hostile-value fuzz of every route):
+# each was a 500.
+@pytest.mark.parametrize("query", [{"to": "0001-01-05"}, {"to": "9999-12-31"},
+                                   {"from": "0001-01-01", "to": "0001-01-01"},
+                                   {"from": "1969-12-31", "to": "1970-01-01"}])
+def test_usage_days_at_the_ends_of_the_calendar_are_400(api: httpx.Client,
+                                                        query: dict[str, str]) -> None:
+    r = api.get("/v1/usage", params=query)
+    assert _v1_error(r, 400) == "Invalid request"
+    assert "from 1970-01-01 to 9999-12-30" in r.json()["errors"][0]["error"]
+    assert "from 1970-01-01 to 9999-12-30" in seed002_error(api.get("/usage", params=query), 400)
+
+
+@pytest.mark.parametrize("since", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_audit_times_that_leave_datetimes_range_in_utc_are_400(
+        api: httpx.Client, sandbox: Sandbox, since: str) -> None:
+    r = api.get(f"/v1/sandbox/{sandbox.sandbox_id}/audit", params={"since": since})
+    assert r.json()["errors"][0]["field"] == "since" and r.status_code == 400, r.text
+    # The ends themselves, in UTC, are ordinary times.
+    r = api.get(f"/v1/sandbox/{sandbox.sandbox_id}/audit", params={"since": "0001-01-01"})
+    assert r.status_code == 200 and r.json()["next_since"] == "0001-01-01", r.text
+
+
+@pytest.mark.parametrize("entry", ["9" * 300, "no spaces allowed.test", "1.2.3.4/33"])
+def test_e2b_allow_out_entries_that_are_neither_network_nor_domain_are_400(
+        api: httpx.Client, entry: str) -> None:
+    body = {"templateID": "base", "network": {"allowOut": [entry], "denyOut": ["0.0.0.0/0"]}}
+    before = api.get("/sandboxes").json()
+    assert "network.allowOut" in seed002_error(api.post("/v2/sandboxes", json=body), 400)
+    assert api.get("/sandboxes").json() == before
