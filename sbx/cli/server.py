@@ -125,8 +125,10 @@ def in_db(data_dir: Path | None, database_url: str | None,
 
     settings = _settings(data_dir=data_dir, database_url=database_url)
 
+    # A data dir that an admin command makes first is private from the start.
+    datadir.secure(settings.data_dir)
+
     async def go() -> T:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.db_url)
         await db.migrate()
         try:
