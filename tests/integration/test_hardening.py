@@ -6,9 +6,13 @@ memory; sandbox file uploads through the gateway stay unbounded."""
 from __future__ import annotations
 
 import hashlib
+import json
+import random
 import socket
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -166,3 +170,96 @@ def test_e2b_allow_out_entries_that_are_neither_network_nor_domain_are_400(
     before = api.get("/sandboxes").json()
     assert "network.allowOut" in seed002_error(api.post("/v2/sandboxes", json=body), 400)
     assert api.get("/sandboxes").json() == before
+
+
+# Values that broke parsers, validators or the store somewhere once.
+_HOSTILE_VALUES: list[Any] = [
+    None, True, -1, 0, 2**63, -(2**63) - 1, 10**30, 1.5, 1e308, "", "x" * 70_000, "\u0000",
+    "a\r\nb: c", "ü.test", "*", "..", "*.", "1.2.3.4/33", "::/0", "0.0.0.0/0", "10.0.0.1/8",
+    [], {}, [[[[[]]]]], {"a": {"b": {"c": {}}}}, ["x"] * 200, {"k" * 300: "v"}, "9" * 500,
+    "NaN", "%00", "../..", "sbx-00000000", {"mode": "custom"},
+    {"domain": "x.test", "inject_headers": {"A\r\nB": "v"}},
+    {"domain": "x.test", "inject_headers": {"A": "v\r\nX: y"}},
+]
+_QUERY_VALUES = ["", "0", "-1", "1001", "9" * 25, "9223372036854775808", "²", "\x00",
+                 "0001-01-01", "9999-12-31", "0001-01-01T00:00:00+01:00", "2026-13-01",
+                 "x" * 5000, "running,paused", "killed", "a=b&c", "٣", " 1"]
+
+
+def _mutate(rnd: random.Random, value: Any) -> Any:
+    """value with one member (at any depth) replaced by a hostile value."""
+    if isinstance(value, dict) and value and rnd.random() < 0.8:
+        out = dict(value)
+        key = rnd.choice(list(out))
+        out[key] = _mutate(rnd, out[key])
+        return out
+    if isinstance(value, list) and value and rnd.random() < 0.7:
+        items = list(value)
+        i = rnd.randrange(len(items))
+        items[i] = _mutate(rnd, items[i])
+        return items
+    return rnd.choice(_HOSTILE_VALUES)
+
+
+def test_a_seeded_fuzz_of_every_body_and_query_finds_no_server_error(
+        sbx_server: Server) -> None:
+    """A bounded, deterministic replay of the fuzzing that found the 500s
+    above: hostile values at every depth of every JSON body, and hostile
+    query values, on a sandbox of an organisation that may create no more
+    (valid creates are refused, not started)."""
+    name = f"fuzz-{uuid.uuid4().hex[:8]}"
+    key = sbx_server.new_org(name)
+    client = httpx.Client(base_url=sbx_server.url, headers={"X-API-Key": key}, timeout=60)
+    sb = Sandbox.create(api_url=sbx_server.url, api_key=key, vcpu=1, memory_mib=512)
+    try:
+        sbx_server.admin("tier", "set", "fuzz-none", "--max-sandboxes", "0")
+        sbx_server.admin("org", "set", name, "--tier", "fuzz-none")
+        sid = sb.sandbox_id
+        policy = {"mode": "custom", "allow_domains": ["a.test"], "allow_cidrs": ["1.2.3.0/24"],
+                  "transforms": [{"domain": "a.test", "inject_headers": {"X": "y"},
+                                  "strip_headers": ["Z"]}]}
+        bodies: dict[tuple[str, str], dict[str, Any]] = {
+            ("POST", "/v1/sandbox/"): {"template_name": "base", "vcpu": 1, "memory_mib": 512,
+                                       "env_vars": {"A": "b"}, "network_policy": policy},
+            ("POST", "/sandboxes"): {"template": "base", "timeout": 60, "envs": {"A": "b"},
+                                     "metadata": {"k": "v"}, "network": policy,
+                                     "security": {"pii": {"enabled": True},
+                                                  "audit": {"retention_days": 3}}},
+            ("POST", "/v2/sandboxes"): {"templateID": "base", "timeout": 60,
+                                        "network": {"allowOut": ["a.test", "1.2.3.4"],
+                                                    "denyOut": ["0.0.0.0/0"]},
+                                        "metadata": {"k": "v"}, "envVars": {"A": "b"}},
+            ("POST", f"/v1/sandbox/{sid}/timeout"): {"timeout_min": 5},
+            ("PUT", f"/v1/sandbox/{sid}/network_policy"): policy,
+            ("POST", f"/sandboxes/{sid}/timeout"): {"timeout": 300},
+            ("POST", f"/sandboxes/{sid}/connect"): {"timeout": 300},
+            ("POST", f"/sandboxes/{sid}/resume"): {"timeout": 300},
+        }
+        queries = {"/v1/usage": ["from", "to"], "/usage": ["from", "to"],
+                   f"/v1/sandbox/{sid}/audit": ["since", "limit"],
+                   f"/sandboxes/{sid}/audit": ["since", "limit"],
+                   "/sandboxes": ["state", "limit", "metadata", "nextToken"],
+                   "/v2/sandboxes": ["state", "limit", "metadata", "nextToken"],
+                   "/v1/sandbox/": ["state"]}
+        rnd = random.Random(15)
+        failures = []
+        for _ in range(300):
+            method, path = rnd.choice(sorted(bodies))
+            raw = json.dumps(_mutate(rnd, bodies[method, path])).encode()
+            r = client.request(method, path, content=raw,
+                               headers={"Content-Type": "application/json"})
+            if r.status_code >= 500:
+                failures.append((method, path, raw[:200], r.text))
+        for _ in range(150):
+            path = rnd.choice(sorted(queries))
+            params = {k: rnd.choice(_QUERY_VALUES) for k in queries[path] if rnd.random() < 0.7}
+            r = client.get(path, params=params)
+            if r.status_code >= 500:
+                failures.append(("GET", path, params, r.text))
+        assert failures == []
+        # Nothing was made (the one made before may have been given a
+        # timeout of 0 and be gone).
+        assert {s["id"] for s in client.get("/v1/sandbox/").json()} <= {sid}
+    finally:
+        sb.kill()
+        client.close()
