@@ -29,6 +29,14 @@ def body(*models: type[BaseModel], required: bool = True,
     return {"requestBody": {"required": required, "content": content}}
 
 
+def query(**params: tuple[dict[str, Any], str]) -> dict[str, Any]:
+    """openapi_extra for a route that reads these query parameters itself
+    (name=(schema, description)), to check them in its own words."""
+    return {"parameters": [{"name": name, "in": "query", "required": False,
+                            "schema": schema, "description": text}
+                           for name, (schema, text) in params.items()]}
+
+
 def stream(model: type[BaseModel], media_type: str) -> dict[str, Any]:
     """openapi_extra for a route that streams model objects, one a line."""
     _declared[model.__name__] = model

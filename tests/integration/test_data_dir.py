@@ -97,6 +97,12 @@ def test_a_second_server_leaves_the_live_one_alone() -> None:
                 assert _table(other_tag) == ""
                 assert not (Path("/run/sbx") / other_tag).exists()
 
+                # Teardown takes the same lock: it cannot pull the live
+                # server's sandboxes from under it.
+                res = subprocess.run([SBX, "admin", "teardown", "--data-dir", str(live.data_dir)],
+                                     capture_output=True, text=True, env=live.env(), timeout=60)
+                assert res.returncode == 1 and f"(PID {live.proc.pid})" in res.stderr, res.stderr
+
                 assert _spares(live) == spares
                 assert _table(live.node_tag) == table
                 _reaches(sb)

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from sbx.api.contract import body
+from sbx.api.contract import body, query
 from sbx.api.deps import Caller, platform
 from sbx.api.schemas.answers import Sandbox002
 from sbx.api.schemas.sandboxes import (
@@ -216,12 +216,20 @@ async def _list(request: Request, caller: Caller, default_states: list[str]) -> 
     return JSONResponse([out(service, r, secrets=False) for r in page], headers=headers)
 
 
-@router.get("/sandboxes", response_model=list[Sandbox002])
+_LIST = query(
+    state=({"type": "string"}, "comma-separated states (default running,paused)"),
+    limit=({"type": "integer", "minimum": 1, "maximum": 1000}, "page size (default 1000)"),
+    metadata=({"type": "string"}, "URL-encoded k=v pairs that must all match"),
+    nextToken=({"type": "string"}, "the x-next-token header of the previous page"),
+)
+
+
+@router.get("/sandboxes", response_model=list[Sandbox002], openapi_extra=_LIST)
 async def list_(request: Request, caller: Caller) -> JSONResponse:
     return await _list(request, caller, ["running", "paused"])
 
 
-@router.get("/v2/sandboxes", response_model=list[Sandbox002])
+@router.get("/v2/sandboxes", response_model=list[Sandbox002], openapi_extra=_LIST)
 async def list_v2(request: Request, caller: Caller) -> JSONResponse:
     return await _list(request, caller, ["running", "paused"])
 

@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sbx.api.contract import body, stream
+from sbx.api.contract import body, query, stream
 from sbx.api.deps import key_auth, platform
 from sbx.api.schemas.answers import BuildEvent, BuildOut, TemplateDetail, TemplateOut
 from sbx.core.accounts import KeyAuth
@@ -122,8 +122,21 @@ _CONTEXT = {kind: {"schema": {"type": "string", "format": "binary"}}
             for kind in ("application/x-tar", "application/gzip")}
 
 
+_STR, _INT = {"type": "string"}, {"type": "integer"}
+# With a tar body, the options come as query parameters (as BuildOptions).
+_OPTIONS = query(
+    name=(_STR, "the template's name (required with a tar body)"),
+    dockerfile=(_STR, "the Dockerfile's path in the context (default Dockerfile)"),
+    vcpu=(_INT, "the template's vCPUs"), memory_mib=(_INT, "its memory"),
+    disk_mib=(_INT, "its disk"), ready_cmd=(_STR, "run until it succeeds before the snapshot"),
+    ready_timeout_s=(_INT, "how long ready_cmd may take"),
+    timeout_s=(_INT, "the build's time budget"), public=({"type": "boolean"}, "for everyone"),
+    build_arg=(_STR, "KEY=VALUE, repeated"),
+)
+
+
 @router.post("", status_code=202, response_model=BuildOut,
-             openapi_extra=body(BuildOptions, extra_content=_CONTEXT))
+             openapi_extra={**body(BuildOptions, extra_content=_CONTEXT), **_OPTIONS})
 async def start_build(request: Request, caller: Auth) -> JSONResponse:
     p = platform(request)
     p.check_ready()

@@ -8,6 +8,7 @@ from datetime import date, timedelta
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from sbx.api.contract import query
 from sbx.api.deps import Caller, platform
 from sbx.api.schemas.answers import UsageOut
 from sbx.core import metering, usage
@@ -34,8 +35,14 @@ def _day(request: Request, name: str, default: date) -> date:
     return day
 
 
-@router.get("/v1/usage", response_model=UsageOut)
-@router.get("/usage", response_model=UsageOut)
+_DAYS = query(**{
+    "from": ({"type": "string", "format": "date"}, "first UTC day (default: 29 days before to)"),
+    "to": ({"type": "string", "format": "date"}, "last UTC day (default: today)"),
+})
+
+
+@router.get("/v1/usage", response_model=UsageOut, openapi_extra=_DAYS)
+@router.get("/usage", response_model=UsageOut, openapi_extra=_DAYS)
 async def get_usage(request: Request, caller: Caller) -> JSONResponse:
     """Days `from`..`to` (UTC, both included; default: the last 30 days).
     Charges made up to this moment are included: the call runs a metering
