@@ -59,9 +59,10 @@ def _read_pid(fd: int) -> int | None:
     return None
 
 
-def secure(data_dir: Path) -> None:
-    """Make the data dir 0700 and its secret files 0600 (and directories
-    holding them 0700). Blocking: call before the event loop runs."""
+def secure(data_dir: Path, deep: bool = True) -> None:
+    """Make the data dir 0700 and its secret files 0600; with deep, also
+    every file of the secret trees (and their directories 0700). Blocking:
+    call before the event loop runs."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     db = data_dir / "sbx.db"
@@ -71,7 +72,7 @@ def secure(data_dir: Path) -> None:
     for name in _SECRET_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.chmod(data_dir / name, 0o600)
-    for tree in _SECRET_TREES:
+    for tree in _SECRET_TREES if deep else ():
         root = data_dir / tree
         if not root.is_dir():
             continue

@@ -125,8 +125,9 @@ def in_db(data_dir: Path | None, database_url: str | None,
 
     settings = _settings(data_dir=data_dir, database_url=database_url)
 
-    # A data dir that an admin command makes first is private from the start.
-    datadir.secure(settings.data_dir)
+    # A data dir that an admin command makes first is private from the start
+    # (the trees are the running server's, fixed at its start).
+    datadir.secure(settings.data_dir, deep=False)
 
     async def go() -> T:
         db = Database(settings.db_url)
