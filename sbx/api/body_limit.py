@@ -18,15 +18,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sbx.api import errors
 from sbx.core.errors import TooLarge
 
-# The largest valid JSON body of any route is far below this (env vars,
-# metadata and policies are bounded in count and size).
+# The largest valid JSON body of any client route is far below this (env
+# vars, metadata and policies are bounded in count and size).
 JSON_MAX_BYTES = 1 << 20
+# A cluster node's egress audit batch (up to 5000 events, with bodies when
+# a sandbox's audit keeps them) from a node that holds a node key.
+NODE_MAX_BYTES = 64 << 20
 
 
 def _limit(scope: Scope) -> int | None:
     """The bound on this request's body; None: its route bounds it."""
-    if scope["method"] == "POST" and scope["path"].rstrip("/") == "/templates":
+    path = scope["path"]
+    if scope["method"] == "POST" and path.rstrip("/") == "/templates":
         return None
+    if path.startswith("/internal/nodes/"):
+        return NODE_MAX_BYTES
     return JSON_MAX_BYTES
 
 

@@ -18,7 +18,7 @@ import click
 
 from sbx import datadir
 from sbx.cli.keys import key
-from sbx.cli.params import DATABASE_URL_HELP, store_options
+from sbx.cli.params import DATABASE_URL_HELP, hold_data_dir, store_options
 from sbx.config import Settings
 
 T = TypeVar("T")
@@ -49,7 +49,7 @@ def server(host: str | None, port: int | None, data_dir: Path | None, database_u
     settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url)
     # Before anything touches the host or the store: a second server on
     # this data dir, or on a taken port, stops here, harmless.
-    _lock(settings.data_dir)
+    hold_data_dir(settings.data_dir)
     datadir.secure(settings.data_dir)
     sock = _bind(settings.host, settings.port)
     logging.basicConfig(
@@ -83,14 +83,6 @@ def server(host: str | None, port: int | None, data_dir: Path | None, database_u
     config = uvicorn.Config(app, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
-
-
-def _lock(data_dir: Path) -> None:
-    """Hold the data dir's lock for this process's life."""
-    try:
-        datadir.lock(data_dir)
-    except datadir.DataDirBusy as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -397,7 +389,7 @@ def teardown(data_dir: Path | None, database_url: str | None) -> None:
 
     settings = _settings(data_dir=data_dir, database_url=database_url)
     # Teardown under a running server would pull its sandboxes from under it.
-    _lock(settings.data_dir)
+    hold_data_dir(settings.data_dir)
 
     async def go(s: Any) -> int:
         from sbx.templates_build.layers import LayerStore

@@ -12,13 +12,14 @@ import pytest
 from fastapi.routing import APIRoute
 
 from sbx.api.app import create_app
-from sbx.api.routes import admin, egress, sandboxes, templates, usage, v1_sandbox
+from sbx.api.routes import admin, egress, nodes, sandboxes, templates, usage, v1_sandbox
 from sbx.config import Settings
 
 # POSTs that take no body.
 NO_BODY = {"/v1/sandbox/{sandbox_id}/pause", "/v1/sandbox/{sandbox_id}/resume",
            "/sandboxes/{sandbox_id}/pause", "/admin/keys/{key_id}/revoke",
-           "/templates/{name}/builds/{build_id}/cancel"}
+           "/templates/{name}/builds/{build_id}/cancel", "/admin/nodes/{node_id}/drain",
+           "/admin/nodes/{node_id}/undrain"}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def contract(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[APIRoute], 
     gateway = create_app(Settings(data_dir=data_dir))
     app = gateway.app.app  # Gateway -> BodyLimit -> FastAPI
     routers = [v1_sandbox.router, sandboxes.router, egress.router, egress.router_002,
-               usage.router, admin.router, templates.router]
+               usage.router, admin.router, templates.router, nodes.router]
     routes = [r for r in app.routes if isinstance(r, APIRoute)]
     routes += [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
     return routes, app.openapi()
