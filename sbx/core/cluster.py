@@ -16,6 +16,7 @@ import asyncio
 import hmac
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 S = SandboxState
 
 LOST_AFTER_S = 15.0
+# How long this replica adds its own placements to the loads it last read.
+PLACED_FOR_S = 5.0
 # Sandboxes that hold a node's memory and CPUs (a paused one holds neither).
 ON_HOST = (S.STARTING, S.RUNNING, S.SNAPSHOTTING, S.UNPAUSING, S.POOLED, S.DELETING)
 
@@ -95,6 +98,9 @@ class Cluster:
         self.settings = settings
         self._remotes: dict[str, tuple[str, RemoteNode]] = {}
         self._rows: dict[str, NodeRow] = {}
+        self._loads: dict[str, node_repo.Load] = {}
+        # Placements this replica made lately (monotonic time, node, load).
+        self._placed: list[tuple[float, str, node_repo.Load]] = []
         # Placements decided by this replica and not yet in the store.
         self._place_lock = asyncio.Lock()
 
@@ -172,7 +178,14 @@ class Cluster:
         registered one): clients for new ones and new keys."""
         async with self.db.session() as s:
             rows = await node_repo.nodes(s)
+            loads = await node_repo.loads(s, self.settings.memory_headroom_mib, ON_HOST, LIVE)
         self._rows = {r.id: r for r in rows}
+        self._loads = loads
+        # A placement's row is written within moments of it: one a few
+        # seconds old is in the loads just read. Until then it counts twice
+        # at worst (a node looks fuller than it is, never emptier).
+        cut = time.monotonic() - PLACED_FOR_S
+        self._placed = [p for p in self._placed if p[0] > cut]
         for row in rows:
             known = self._remotes.get(row.id)
             if known is None or known[0] != row.control_key + row.url:
@@ -226,12 +239,11 @@ class Cluster:
         over = self.settings.overcommit
         want_mem = shape.memory_mib + self.settings.memory_headroom_mib
         async with self._place_lock:
-            async with self.db.session() as s:
-                rows = await node_repo.nodes(s)
-                loads = await node_repo.loads(s, self.settings.memory_headroom_mib, ON_HOST,
-                                              LIVE)
+            # The nodes and what they hold as last read (every second), plus
+            # what this replica placed since: no query on a create's path.
+            loads = self._loads_now()
             best: tuple[tuple[int, int, int], str] | None = None
-            for row in rows:
+            for row in self._rows.values():
                 if self._state(row) != "ready":
                     continue
                 load = loads.get(row.id) or node_repo.Load(0, 0, 0, 0)
@@ -249,4 +261,15 @@ class Cluster:
                     best = (score, row.id)
             if best is None:
                 raise NoRoom()
+            self._placed.append((time.monotonic(), best[1],
+                                 node_repo.Load(want_mem, shape.vcpu, shape.disk_mib, 1)))
             return best[1]
+
+    def _loads_now(self) -> dict[str, node_repo.Load]:
+        loads = dict(self._loads)
+        for _, node_id, add in self._placed:
+            was = loads.get(node_id) or node_repo.Load(0, 0, 0, 0)
+            loads[node_id] = node_repo.Load(was.memory_mib + add.memory_mib, was.vcpu + add.vcpu,
+                                            was.disk_mib + add.disk_mib,
+                                            was.sandboxes + add.sandboxes)
+        return loads

@@ -96,7 +96,8 @@ class Cluster:
 def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "SBX_TEMPLATES_PATH": str(TEMPLATES), "SBX_WARM_POOL": "{}",
             "SBX_SPARE_RUNTIMES": "0", "SBX_PREWARM_SNAPSHOTS": '["1x512"]',
-            "SBX_RECONCILE_INTERVAL_S": "1", "SBX_TIMEOUT_CHECK_INTERVAL_S": "0.5", **extra}
+            "SBX_RECONCILE_INTERVAL_S": "1", "SBX_TIMEOUT_CHECK_INTERVAL_S": "0.5",
+            "SBX_METER_INTERVAL_S": "2", **extra}
 
 
 def _node(c: Cluster, name: str, token: str, snapshots: Path) -> Proc:
@@ -260,8 +261,10 @@ def test_a_killed_node_is_lost_then_back_and_a_killed_replica_changes_nothing(
 
 
 def test_each_duty_runs_on_one_replica_and_a_timeout_fires_once(cluster: Cluster) -> None:
-    held = dict(cluster.sql("SELECT name, holder FROM leases"))
-    assert {"timeouts", "reconcile", "metering", "egress-resync"} <= set(held)
+    duties = {"timeouts", "reconcile", "metering", "egress-resync"}
+    # (Each is taken at its duty's first round.)
+    _wait("every duty leased", lambda: duties <= {
+        name for name, _ in cluster.sql("SELECT name, holder FROM leases")}, 30)
     created = httpx.post(f"{cluster.url}/sandboxes", json={"template": "base", "timeout": 3},
                          headers={"X-API-Key": cluster.key}, timeout=60)
     assert created.status_code == 201, created.text

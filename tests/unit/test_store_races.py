@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 from sbx.config import Settings
 from sbx.core import accounts, billing
 from sbx.core.errors import Conflict, RateLimited
+from sbx.core.fleet import OneNode
 from sbx.core.lifecycle import LIVE
 from sbx.core.limits import LimitReached
 from sbx.core.sandboxes import CreateSpec, SandboxService
@@ -74,7 +75,7 @@ async def _creates(handles: list[Database], tmp_path: Path, org_id: str, per_pro
     services = []
     for i, db in enumerate(handles):
         settings = Settings(data_dir=tmp_path / f"p{i}", database_url=db.url)
-        services.append(SandboxService(db, FakeNode(), settings))
+        services.append(SandboxService(db, OneNode(FakeNode()), settings))
     return await _outcomes([svc.create(org_id, CreateSpec(template="base"))
                             for svc in services for _ in range(per_process)])
 
@@ -100,6 +101,7 @@ CREATOR = textwrap.dedent("""
     from pathlib import Path
     from sqlalchemy import select
     from sbx.config import Settings
+    from sbx.core.fleet import OneNode
     from sbx.core.sandboxes import CreateSpec, SandboxService
     from sbx.store.db import Database
     from tests.unit.fake_node import FakeNode
@@ -107,7 +109,8 @@ CREATOR = textwrap.dedent("""
     async def main():
         url, org_id, data_dir, n = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
         db = Database(url)
-        service = SandboxService(db, FakeNode(), Settings(data_dir=data_dir, database_url=url))
+        settings = Settings(data_dir=data_dir, database_url=url)
+        service = SandboxService(db, OneNode(FakeNode()), settings)
         async with db.session() as s:
             await s.execute(select(1))
         print("ready", flush=True)
@@ -176,7 +179,7 @@ async def test_a_pooled_sandbox_goes_to_one_create(db_url: str, tmp_path: Path) 
                 orgs.append((await accounts.create_org(s, f"org-{i}")).id)
         services = []
         for i, h in enumerate(handles):
-            svc = SandboxService(h, FakeNode(), Settings(data_dir=tmp_path / f"p{i}",
+            svc = SandboxService(h, OneNode(FakeNode()), Settings(data_dir=tmp_path / f"p{i}",
                                                          database_url=db_url))
             svc.pool_org = pool_org
             services.append(svc)
