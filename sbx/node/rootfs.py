@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import compileall
+import fcntl
 import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from sbx.node.network.firewall import DNS_VIP
 from sbx.node.proc import CommandError
@@ -87,13 +89,27 @@ async def build_base(dest: Path, progress: Progress) -> None:
 
 async def ensure_base(path: Path, progress: Progress) -> None:
     """The base rootfs at path: built on the first start, brought up to date
-    after (an upgraded sbx brings a new envd and tuning into it)."""
-    if not (path / "usr/bin/python3").exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        await build_base(path, progress)
-    else:
-        await asyncio.to_thread(tune_profile, path)
-        await asyncio.to_thread(install_envd, path)
+    after (an upgraded sbx brings a new envd and tuning into it). Several
+    processes may share path (a cluster's nodes on one templates dir): one
+    at a time, under a lock file beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = await asyncio.to_thread(_locked, path.parent / ".base.lock")
+    try:
+        if not (path / "usr/bin/python3").exists():
+            await build_base(path, progress)
+        else:
+            await asyncio.to_thread(tune_profile, path)
+            await asyncio.to_thread(install_envd, path)
+    finally:
+        lock.close()
+
+
+def _locked(path: Path) -> IO[bytes]:
+    """path opened and exclusively locked (blocking: call it in a thread);
+    closing it lets go."""
+    f = open(path, "ab")  # noqa: SIM115 - the caller closes it
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
 
 
 def configure(rootfs: Path) -> None:
