@@ -78,10 +78,13 @@ if [ ! -x "$venv/bin/python" ]; then
   /usr/bin/python3 -m venv "$venv"
 fi
 stamp="$venv/.sbx-installed"
-if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
+constraints="$here/constraints.txt"
+if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ] || [ "$constraints" -nt "$stamp" ]; then
+  # Pinned versions (constraints.txt, scripts/lock.sh): a fresh clone
+  # installs what the tests last passed with.
   log "installing Python packages"
-  "$venv/bin/pip" install -q --upgrade pip >/dev/null
-  "$venv/bin/pip" install -q -e "$here[dev]"
+  "$venv/bin/pip" install -q -c "$constraints" --upgrade pip >/dev/null
+  "$venv/bin/pip" install -q -c "$constraints" -e "$here[dev]"
   touch "$stamp"
 fi
 log "ready"

@@ -73,10 +73,10 @@ class Postgres:
         return (f"postgresql+asyncpg://{USER}:{self.password}@127.0.0.1:{self.port}"
                 f"/{database}")
 
-    def sql(self, statement: str) -> str:
+    def sql(self, statement: str, database: str = "postgres") -> str:
         res = subprocess.run(
             [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER,
-             "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-tAc", statement],
+             "-d", database, "-v", "ON_ERROR_STOP=1", "-tAc", statement],
             env={**os.environ, "PGPASSWORD": self.password}, capture_output=True, text=True,
             timeout=60)
         if res.returncode != 0:

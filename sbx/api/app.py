@@ -10,8 +10,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from sbx import __version__
-from sbx.api import errors
+from sbx.api import contract, errors
+from sbx.api.body_limit import BodyLimit
 from sbx.api.routes import admin, egress, nodes, sandboxes, templates, usage, v1_sandbox
+from sbx.api.schemas.answers import Health, HealthDown
 from sbx.config import Settings
 from sbx.gateway.proxy import Gateway
 from sbx.platform import Platform
@@ -38,8 +40,10 @@ def create_app(settings: Settings, progress: Callable[[str], None] | None = None
     app = FastAPI(title="sbx", version=__version__, lifespan=lifespan)
     app.state.platform = platform
     errors.install(app)
+    contract.install(app)
 
-    @app.get("/health", tags=["health"])
+    @app.get("/health", tags=["health"], response_model=Health, responses={
+        503: {"model": HealthDown, "description": "Starting, or failed"}})
     async def health(request: Request) -> JSONResponse:
         if platform.ready.is_set():
             return JSONResponse({"status": "ok", "version": __version__})
@@ -55,5 +59,5 @@ def create_app(settings: Settings, progress: Callable[[str], None] | None = None
     app.include_router(admin.router)
     app.include_router(templates.router)
     app.include_router(nodes.router)
-    gateway = Gateway(app, platform.sandboxes)
+    gateway = Gateway(BodyLimit(app), platform.sandboxes)
     return gateway

@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from sbx import datadir
+from sbx.cli.params import hold_data_dir
 from sbx.config import Settings
 
 
@@ -98,6 +100,10 @@ def node(control_plane: str, join_token: str, data_dir: Path | None, subnet: str
     if not host or not port.isdigit():
         raise click.ClickException("--listen is HOST:PORT")
     settings = _settings(data_dir=data_dir, subnet=subnet, snapshot_dir=snapshot_dir)
+    # As for sbx server: a second agent on this data dir would rebuild the
+    # node's nft table and remove the live one's spares; it stops here.
+    hold_data_dir(settings.data_dir)
+    datadir.secure(settings.data_dir)
     _logging(log_level)
     opts = NodeOptions(node_id=node_id or _default_node_id(), control_plane=control_plane,
                        join_token=join_token, listen_host=host, listen_port=int(port),

@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 
 import click
 
+from sbx import datadir
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 DATABASE_URL_HELP = ("The database: sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:"
@@ -20,6 +22,15 @@ def store_options(f: F) -> F:
     f = click.option("--database-url", default=None, help=DATABASE_URL_HELP)(f)
     return click.option("--data-dir", type=click.Path(path_type=Path), default=None,
                         help="The server's data dir (/var/lib/sbx).")(f)
+
+
+def hold_data_dir(data_dir: Path) -> None:
+    """Take the data dir's lock for this process's life (one server or node
+    per data dir), or stop here, naming its holder."""
+    try:
+        datadir.lock(data_dir)
+    except datadir.DataDirBusy as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def pairs(values: tuple[str, ...], option: str, what: str = "NAME") -> dict[str, str]:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -15,8 +16,9 @@ from typing import Any, TypeVar
 
 import click
 
+from sbx import datadir
 from sbx.cli.keys import key
-from sbx.cli.params import DATABASE_URL_HELP, store_options
+from sbx.cli.params import DATABASE_URL_HELP, hold_data_dir, store_options
 from sbx.config import Settings
 
 T = TypeVar("T")
@@ -45,6 +47,11 @@ def server(host: str | None, port: int | None, data_dir: Path | None, database_u
     if os.geteuid() != 0:
         raise click.ClickException("sbx server must run as root (it manages gVisor, netns, nft)")
     settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url)
+    # Before anything touches the host or the store: a second server on
+    # this data dir, or on a taken port, stops here, harmless.
+    hold_data_dir(settings.data_dir)
+    datadir.secure(settings.data_dir)
+    sock = _bind(settings.host, settings.port)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -73,8 +80,23 @@ def server(host: str | None, port: int | None, data_dir: Path | None, database_u
         sys.stderr.flush()
 
     app = create_app(settings, progress=progress, on_ready=ready)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level,
-                access_log=False, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # A restart must not wait for the last run's connections in TIME_WAIT;
+    # a port that another process listens on still refuses the bind.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
 
 
 @click.group("admin")
@@ -95,8 +117,11 @@ def in_db(data_dir: Path | None, database_url: str | None,
 
     settings = _settings(data_dir=data_dir, database_url=database_url)
 
+    # A data dir that an admin command makes first is private from the start
+    # (the trees are the running server's, fixed at its start).
+    datadir.secure(settings.data_dir, deep=False)
+
     async def go() -> T:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.db_url)
         await db.migrate()
         try:
@@ -363,6 +388,8 @@ def teardown(data_dir: Path | None, database_url: str | None) -> None:
     from sbx.store import repo
 
     settings = _settings(data_dir=data_dir, database_url=database_url)
+    # Teardown under a running server would pull its sandboxes from under it.
+    hold_data_dir(settings.data_dir)
 
     async def go(s: Any) -> int:
         from sbx.templates_build.layers import LayerStore

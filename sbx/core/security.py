@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sbx.core.errors import FieldError, InvalidRequest
-from sbx.core.validation import field_errors
+from sbx.core.validation import field_errors, load_json
 from sbx.shared.security import SecurityPolicy
 
 
@@ -17,10 +17,7 @@ def parse_security(value: Any, field: str = "security") -> tuple[dict[str, Any],
     """Validate a client's security object (or a JSON string holding one);
     answer the object as sent and its parsed form."""
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise InvalidRequest([FieldError(field, f"malformed security JSON: {exc}")]) from None
+        value = load_json(value, field, what="security JSON")
     if not isinstance(value, dict):
         raise InvalidRequest([FieldError(field, "must be a SecurityPolicy object")])
     try:

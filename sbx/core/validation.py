@@ -1,10 +1,14 @@
-"""Turning pydantic's validation errors into the API's field errors:
-dotted paths (``network_policy.allow_cidrs.0``), one entry per failure."""
+"""Request bodies into models: pydantic's validation errors become the API's
+field errors (dotted paths such as ``network_policy.allow_cidrs.0``, one
+entry per failure), and bodies that are not JSON at all (bytes that are not
+UTF-8, nesting past the parser's depth, numbers past its range) are a 400
+like any other malformed body, never an exception out of the parser."""
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import pydantic_core
 from pydantic import BaseModel, ValidationError
 
 from sbx.core.errors import FieldError, InvalidRequest
@@ -32,3 +36,25 @@ def parse(model: type[M], body: bytes) -> M:
         return model.model_validate_json(body)
     except ValidationError as exc:
         raise InvalidRequest(field_errors(exc)) from None
+
+
+def load_json(raw: bytes | str, field: str = "body", what: str = "JSON") -> Any:
+    """Parse JSON with pydantic's parser: the standard library's recurses
+    without a bound (RecursionError), decodes before parsing
+    (UnicodeDecodeError) and refuses long integers (ValueError), each a 500
+    when it escapes; this one answers all of them as malformed JSON."""
+    try:
+        return pydantic_core.from_json(raw)
+    except ValueError as exc:
+        raise InvalidRequest([FieldError(field, f"malformed {what}: {exc}")]) from None
+
+
+def peek_json(raw: bytes) -> Any:
+    """The body's JSON when it is some, else None: for choosing how to parse
+    a body, whose own parse then reports what is wrong with it."""
+    if not raw.strip():
+        return None
+    try:
+        return pydantic_core.from_json(raw)
+    except ValueError:
+        return None

@@ -14,8 +14,12 @@ from sbx.node.proc import CommandError, run
 async def create(image: Path, mountpoint: Path, size_mib: int) -> None:
     # Slack for ext4's own metadata, so the sandbox gets about disk_mib.
     slack = max(16, size_mib // 32)
-    with open(image, "wb") as f:
-        f.truncate((size_mib + slack) * 1024 * 1024)
+    # 0600: the image holds the sandbox's files.
+    fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, (size_mib + slack) * 1024 * 1024)
+    finally:
+        os.close(fd)
     # No journal (scratch space; the snapshot is what must be durable),
     # no reserved blocks (all of it is the sandbox's).
     await run("mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal", str(image))

@@ -53,7 +53,8 @@ def fsync_dir(path: Path) -> None:
 def staging(final: Path) -> Path:
     """A fresh, empty directory beside final for the runtime to write into."""
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-    tmp.mkdir(parents=True)
+    # 0700 while runsc writes into it; seal() makes the files 0600.
+    tmp.mkdir(mode=0o700, parents=True)
     return tmp
 
 
@@ -61,6 +62,10 @@ def seal(tmp: Path, final: Path, meta: dict[str, object] | None = None) -> Snaps
     """Checksum tmp's files into a manifest, make it durable, and move it
     to final (replacing an older snapshot there). Blocking: run in a thread."""
     paths = sorted(p for p in tmp.iterdir() if p.is_file())
+    # A memory image holds whatever the sandbox had in memory (tokens,
+    # keys): runsc writes it 0644.
+    for p in paths:
+        p.chmod(0o600)
     # Writing back (the disk) and hashing (a CPU) overlap: hashlib and
     # fsync both let go of the GIL.
     with ThreadPoolExecutor(max_workers=2 * len(paths) or 1) as pool:

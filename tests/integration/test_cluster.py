@@ -1,6 +1,6 @@
-"""A cluster on one machine: two `sbx api` replicas on one database and two
-`sbx node` agents, each with its own data dir, subnet and listen port, and
-one shared snapshot dir. Real runsc, nftables and processes, SIGKILLs
+"""A cluster on one machine: two `sbx api` replicas on one PostgreSQL
+database and three `sbx node` agents, each with its own data dir, subnet
+and listen port, and one shared snapshot dir. Real runsc, nftables and processes, SIGKILLs
 included; everything is removed at the end and checked for leaks."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import time
 import uuid
@@ -22,8 +21,11 @@ import pytest
 from sbx import Sandbox
 from sbx.config import Settings
 from tests.integration.server import SBX, TEMPLATES, free_port, free_subnet, leaks, mounts_of
+from tests.postgres import Postgres
 
 pytestmark = pytest.mark.integration
+
+NODES = ("na", "nb", "nc")
 
 
 def _wait(what: str, ok: object, timeout: float, step: float = 0.2) -> None:
@@ -70,6 +72,8 @@ class Proc:
 @dataclass
 class Cluster:
     root: Path
+    pg: Postgres
+    database_url: str
     apis: list[tuple[str, Proc]] = field(default_factory=list)
     nodes: dict[str, tuple[Proc, Path, str]] = field(default_factory=dict)
     key: str = ""
@@ -77,6 +81,10 @@ class Cluster:
     @property
     def url(self) -> str:
         return self.apis[0][0]
+
+    def sql(self, statement: str) -> list[list[str]]:
+        out = self.pg.sql(statement, self.database_url.rsplit("/", 1)[1])
+        return [line.split("|") for line in out.splitlines() if line]
 
     def admin_nodes(self, url: str | None = None) -> dict[str, dict[str, object]]:
         resp = httpx.get((url or self.url) + "/admin/nodes",
@@ -106,12 +114,16 @@ def _node(c: Cluster, name: str, token: str, snapshots: Path) -> Proc:
 
 
 @pytest.fixture(scope="module")
-def cluster(sbx_server: object) -> Iterator[Cluster]:
+def cluster(sbx_server: object, postgres: Postgres) -> Iterator[Cluster]:
     # sbx_server: the session's server has built the base template into the
     # shared cache, so the nodes do not each build it.
-    c = Cluster(Path(f"/var/tmp/sbx-cluster-{uuid.uuid4().hex[:8]}"))
+    with postgres.database() as url:
+        yield from _cluster(postgres, url)
+
+
+def _cluster(pg: Postgres, database_url: str) -> Iterator[Cluster]:
+    c = Cluster(Path(f"/var/tmp/sbx-cluster-{uuid.uuid4().hex[:8]}"), pg, database_url)
     c.root.mkdir(parents=True)
-    db = c.root / "api" / "sbx.db"
     snapshots = c.root / "snapshots"
     snapshots.mkdir()
     try:
@@ -120,21 +132,21 @@ def cluster(sbx_server: object) -> Iterator[Cluster]:
             data = c.root / "api"
             data.mkdir(exist_ok=True)
             proc = Proc([SBX, "api", "--port", str(port), "--data-dir", str(data)],
-                        c.root / f"api{i}.log", _env(SBX_DATABASE_URL=f"sqlite+aiosqlite:///{db}"))
+                        c.root / f"api{i}.log", _env(SBX_DATABASE_URL=database_url))
             proc.start()
             url = f"http://127.0.0.1:{port}"
             c.apis.append((url, proc))
 
             _wait(f"api {i} healthy\n{proc.tail()}", lambda u=url: _healthy(u), 120)
         c.key = (c.root / "api" / "api-key").read_text().strip()
-        token = subprocess.run([SBX, "admin", "node", "token", "--data-dir", str(c.root / "api")],
+        token = subprocess.run([SBX, "admin", "node", "token", "--database-url", database_url],
                                capture_output=True, text=True, check=True,
                                env=_env()).stdout.strip()
-        for name in ("na", "nb"):
+        for name in NODES:
             _node(c, name, token, snapshots).start()
-        _wait("both nodes ready", lambda: {
-            n: v["state"] for n, v in c.admin_nodes().items()} == {"na": "ready",
-                                                                   "nb": "ready"}, 180)
+        _wait("every node ready", lambda: {
+            n: v["state"] for n, v in c.admin_nodes().items()} == dict.fromkeys(NODES, "ready"),
+            180)
         yield c
     finally:
         for _, proc in c.apis:
@@ -162,7 +174,8 @@ def test_creates_spread_and_either_replica_reaches_every_sandbox(cluster: Cluste
                                        memory_mib=512, timeout=300))
         nodes = cluster.admin_nodes()
         placed = {sid: n for n, v in nodes.items() for sid in v["sandboxes"]}  # type: ignore[attr-defined]
-        assert {placed[sb.sandbox_id] for sb in made} == {"na", "nb"}
+        # Most free memory first: one on each node.
+        assert {placed[sb.sandbox_id] for sb in made} == set(NODES)
         for url, _ in cluster.apis:
             for sb in made:
                 # (Not `with`: leaving the block would kill the sandbox.)
@@ -210,7 +223,7 @@ def test_a_killed_node_is_lost_then_back_and_a_killed_replica_changes_nothing(
     try:
         home = next(n for n, v in cluster.admin_nodes().items()
                     if sb.sandbox_id in v["sandboxes"])  # type: ignore[operator]
-        other = "nb" if home == "na" else "na"
+        others = [n for n in NODES if n != home]
         proc = cluster.nodes[home][0]
         t0 = time.monotonic()
         proc.kill(signal.SIGKILL)
@@ -223,7 +236,7 @@ def test_a_killed_node_is_lost_then_back_and_a_killed_replica_changes_nothing(
         paused = httpx.post(f"{cluster.url}/sandboxes/{sb.sandbox_id}/pause",
                             headers={"X-API-Key": cluster.key}, timeout=10)
         assert paused.status_code == 503 and "lost" in paused.json()["message"]
-        assert cluster.admin_nodes()[other]["state"] == "ready"
+        assert all(cluster.admin_nodes()[n]["state"] == "ready" for n in others)
         # Back: it adopts the sandbox it still runs.
         proc.start()
         _wait("node back", lambda: cluster.admin_nodes()[home]["state"] == "ready", 120)
@@ -247,9 +260,7 @@ def test_a_killed_node_is_lost_then_back_and_a_killed_replica_changes_nothing(
 
 
 def test_each_duty_runs_on_one_replica_and_a_timeout_fires_once(cluster: Cluster) -> None:
-    db = cluster.root / "api" / "sbx.db"
-    with sqlite3.connect(db) as conn:
-        held = dict(conn.execute("SELECT name, holder FROM leases").fetchall())
+    held = dict(cluster.sql("SELECT name, holder FROM leases"))
     assert {"timeouts", "reconcile", "metering", "egress-resync"} <= set(held)
     created = httpx.post(f"{cluster.url}/sandboxes", json={"template": "base", "timeout": 3},
                          headers={"X-API-Key": cluster.key}, timeout=60)
@@ -261,7 +272,6 @@ def test_each_duty_runs_on_one_replica_and_a_timeout_fires_once(cluster: Cluster
                         timeout=10)
         return got.json().get("state") == "killed"
     _wait("timeout fired", killed, 30)
-    with sqlite3.connect(db) as conn:
-        events = conn.execute("SELECT from_state, to_state FROM sandbox_events "
-                              "WHERE sandbox_id = ? AND detail = 'timeout'", (sid,)).fetchall()
-    assert events == [("running", "deleting"), ("deleting", "killed")]
+    events = cluster.sql("SELECT from_state, to_state FROM sandbox_events WHERE sandbox_id = "
+                         f"'{sid}' AND detail = 'timeout' ORDER BY id")
+    assert events == [["running", "deleting"], ["deleting", "killed"]]

@@ -35,6 +35,8 @@ ALLOWED: dict[str, set[str]] = {
     "platform": {"*"},
     "cli": {"*"},
     "config": set(),
+    # The data dir's lock and modes: the standard library only.
+    "datadir": set(),
     # sbx/__init__.py: the SDK's names at the top level.
     "": {"sdk"},
 }

@@ -12,7 +12,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from sbx.api.contract import body
 from sbx.api.deps import AdminCaller, platform
+from sbx.api.schemas.answers import KeyCreated, KeyOut, OrgCreated, OrgOut
 from sbx.core import accounts
 from sbx.core.errors import FieldError, InvalidRequest, NotFound
 from sbx.core.pool import POOL_ORG
@@ -50,7 +52,7 @@ def org_out(o: Org) -> dict[str, Any]:
             "created_at": o.created_at.isoformat().replace("+00:00", "Z")}
 
 
-@router.get("/orgs")
+@router.get("/orgs", response_model=list[OrgOut])
 async def list_orgs(request: Request, caller: AdminCaller) -> JSONResponse:
     """Every organisation (name, id, tier), oldest first."""
     async with platform(request).db.session() as s:
@@ -58,7 +60,8 @@ async def list_orgs(request: Request, caller: AdminCaller) -> JSONResponse:
     return JSONResponse([org_out(o) for o in rows if o.name != POOL_ORG])
 
 
-@router.post("/orgs", status_code=201)
+@router.post("/orgs", status_code=201, response_model=OrgCreated,
+             openapi_extra=body(CreateOrg))
 async def create_org(request: Request, caller: AdminCaller) -> JSONResponse:
     """A new organisation and its first (member) key, whose plaintext is
     in this answer only. 409 if the name is taken."""
@@ -72,7 +75,7 @@ async def create_org(request: Request, caller: AdminCaller) -> JSONResponse:
     return JSONResponse({**org_out(org), "key": key}, status_code=201, headers=_NO_STORE)
 
 
-@router.get("/keys")
+@router.get("/keys", response_model=list[KeyOut])
 async def list_keys(request: Request, caller: AdminCaller, org: str | None = None
                     ) -> JSONResponse:
     """Every key, or those of organisation `org`: id, prefix, role, state
@@ -82,7 +85,8 @@ async def list_keys(request: Request, caller: AdminCaller, org: str | None = Non
     return JSONResponse(rows)
 
 
-@router.post("/keys", status_code=201)
+@router.post("/keys", status_code=201, response_model=KeyCreated,
+             openapi_extra=body(CreateKey))
 async def create_key(request: Request, caller: AdminCaller) -> JSONResponse:
     """A new key for `org`; its plaintext is under `key` in this answer
     only."""

@@ -6,7 +6,6 @@ reads them; errors are `{"code", "message"}`."""
 from __future__ import annotations
 
 import base64
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
@@ -14,7 +13,9 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from sbx.api.contract import body, query
 from sbx.api.deps import Caller, platform
+from sbx.api.schemas.answers import Sandbox002
 from sbx.api.schemas.sandboxes import (
     ConnectE2b,
     CreateSandbox002,
@@ -34,7 +35,7 @@ from sbx.core.limits import LimitReached
 from sbx.core.sandboxes import CreateSpec, SandboxService
 from sbx.core.security import parse_security
 from sbx.core.templates import BASE
-from sbx.core.validation import parse
+from sbx.core.validation import parse, peek_json
 from sbx.envd import ENVD_VERSION
 from sbx.shared.policy import NetworkPolicy, default_policy
 from sbx.store.models import Sandbox
@@ -49,6 +50,9 @@ _PUBLIC_STATE = {
     S.KILLED: "killed", S.DELETED: "deleted",
 }
 _FAR = timedelta(days=3650)
+# Connect answers 200 for a running sandbox, 201 for one it resumed.
+_CONNECTED: dict[int | str, dict[str, Any]] = {
+    201: {"model": Sandbox002, "description": "Resumed"}}
 
 
 def _iso(t: datetime) -> str:
@@ -103,11 +107,7 @@ def _is_e2b(data: Any) -> bool:
     return isinstance(data, dict) and "templateID" in data
 
 
-def _spec_002(raw: bytes) -> CreateSpec:
-    try:
-        data = json.loads(raw) if raw.strip() else None
-    except json.JSONDecodeError:
-        data = None
+def _spec_002(raw: bytes, data: Any) -> CreateSpec:
     if isinstance(data, dict) and "resources" in data:
         raise Forbidden(
             "Resources (vCPU, memory, disk) are fixed by the template; the request-level "
@@ -152,11 +152,8 @@ def _spec_e2b(raw: bytes) -> CreateSpec:
 
 async def _create(request: Request, caller: Caller, e2b_only: bool) -> JSONResponse:
     raw = await request.body()
-    try:
-        peek = json.loads(raw) if raw.strip() else None
-    except json.JSONDecodeError:
-        peek = None
-    spec = _spec_e2b(raw) if (e2b_only or _is_e2b(peek)) else _spec_002(raw)
+    peek = peek_json(raw)
+    spec = _spec_e2b(raw) if (e2b_only or _is_e2b(peek)) else _spec_002(raw, peek)
     platform(request).check_ready()
     service = platform(request).sandboxes
     try:
@@ -166,12 +163,14 @@ async def _create(request: Request, caller: Caller, e2b_only: bool) -> JSONRespo
     return JSONResponse(out(service, row), status_code=201)
 
 
-@router.post("/sandboxes", status_code=201)
+@router.post("/sandboxes", status_code=201, response_model=Sandbox002,
+             openapi_extra=body(CreateSandbox002, CreateSandboxE2b))
 async def create(request: Request, caller: Caller) -> JSONResponse:
     return await _create(request, caller, e2b_only=False)
 
 
-@router.post("/v2/sandboxes", status_code=201)
+@router.post("/v2/sandboxes", status_code=201, response_model=Sandbox002,
+             openapi_extra=body(CreateSandboxE2b))
 async def create_v2(request: Request, caller: Caller) -> JSONResponse:
     return await _create(request, caller, e2b_only=True)
 
@@ -217,12 +216,20 @@ async def _list(request: Request, caller: Caller, default_states: list[str]) -> 
     return JSONResponse([out(service, r, secrets=False) for r in page], headers=headers)
 
 
-@router.get("/sandboxes")
+_LIST = query(
+    state=({"type": "string"}, "comma-separated states (default running,paused)"),
+    limit=({"type": "integer", "minimum": 1, "maximum": 1000}, "page size (default 1000)"),
+    metadata=({"type": "string"}, "URL-encoded k=v pairs that must all match"),
+    nextToken=({"type": "string"}, "the x-next-token header of the previous page"),
+)
+
+
+@router.get("/sandboxes", response_model=list[Sandbox002], openapi_extra=_LIST)
 async def list_(request: Request, caller: Caller) -> JSONResponse:
     return await _list(request, caller, ["running", "paused"])
 
 
-@router.get("/v2/sandboxes")
+@router.get("/v2/sandboxes", response_model=list[Sandbox002], openapi_extra=_LIST)
 async def list_v2(request: Request, caller: Caller) -> JSONResponse:
     return await _list(request, caller, ["running", "paused"])
 
@@ -237,7 +244,7 @@ async def _visible(request: Request, caller: Caller, sandbox_id: str) -> Sandbox
     return row
 
 
-@router.get("/sandboxes/{sandbox_id}")
+@router.get("/sandboxes/{sandbox_id}", response_model=Sandbox002)
 async def get(sandbox_id: str, request: Request, caller: Caller) -> JSONResponse:
     row = await _visible(request, caller, sandbox_id)
     return JSONResponse(out(platform(request).sandboxes, row))
@@ -251,7 +258,8 @@ async def delete(sandbox_id: str, request: Request, caller: Caller) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/sandboxes/{sandbox_id}/timeout", status_code=204)
+@router.post("/sandboxes/{sandbox_id}/timeout", status_code=204,
+             openapi_extra=body(SetTimeout002))
 async def set_timeout(sandbox_id: str, request: Request, caller: Caller) -> Response:
     await _visible(request, caller, sandbox_id)
     req = parse(SetTimeout002, await request.body())
@@ -276,12 +284,14 @@ async def _connect(request: Request, caller: Caller, sandbox_id: str) -> JSONRes
     return JSONResponse(out(service, row), status_code=201 if resumed else 200)
 
 
-@router.post("/v2/sandboxes/{sandbox_id}/connect")
+@router.post("/v2/sandboxes/{sandbox_id}/connect", response_model=Sandbox002,
+             responses=_CONNECTED, openapi_extra=body(ConnectE2b, required=False))
 async def connect_v2(sandbox_id: str, request: Request, caller: Caller) -> JSONResponse:
     return await _connect(request, caller, sandbox_id)
 
 
-@router.post("/sandboxes/{sandbox_id}/connect")
+@router.post("/sandboxes/{sandbox_id}/connect", response_model=Sandbox002,
+             responses=_CONNECTED, openapi_extra=body(ConnectE2b, required=False))
 async def connect(sandbox_id: str, request: Request, caller: Caller) -> JSONResponse:
     return await _connect(request, caller, sandbox_id)
 
@@ -295,7 +305,8 @@ async def pause(sandbox_id: str, request: Request, caller: Caller) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/sandboxes/{sandbox_id}/resume", status_code=201)
+@router.post("/sandboxes/{sandbox_id}/resume", status_code=201, response_model=Sandbox002,
+             openapi_extra=body(ConnectE2b, required=False))
 async def resume(sandbox_id: str, request: Request, caller: Caller) -> JSONResponse:
     """201 with the sandbox once running again; 409 if it was not paused."""
     await _visible(request, caller, sandbox_id)

@@ -24,7 +24,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sbx.api.contract import body, query, stream
 from sbx.api.deps import key_auth, platform
+from sbx.api.schemas.answers import BuildEvent, BuildOut, TemplateDetail, TemplateOut
 from sbx.core.accounts import KeyAuth
 from sbx.core.errors import FieldError, InvalidRequest, TooLarge
 from sbx.core.template_builds import BuildRequest
@@ -115,7 +117,26 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@router.post("", status_code=202)
+# The build context: a tar archive, plain or gzip'd, options in the query.
+_CONTEXT = {kind: {"schema": {"type": "string", "format": "binary"}}
+            for kind in ("application/x-tar", "application/gzip")}
+
+
+_STR, _INT = {"type": "string"}, {"type": "integer"}
+# With a tar body, the options come as query parameters (as BuildOptions).
+_OPTIONS = query(
+    name=(_STR, "the template's name (required with a tar body)"),
+    dockerfile=(_STR, "the Dockerfile's path in the context (default Dockerfile)"),
+    vcpu=(_INT, "the template's vCPUs"), memory_mib=(_INT, "its memory"),
+    disk_mib=(_INT, "its disk"), ready_cmd=(_STR, "run until it succeeds before the snapshot"),
+    ready_timeout_s=(_INT, "how long ready_cmd may take"),
+    timeout_s=(_INT, "the build's time budget"), public=({"type": "boolean"}, "for everyone"),
+    build_arg=(_STR, "KEY=VALUE, repeated"),
+)
+
+
+@router.post("", status_code=202, response_model=BuildOut,
+             openapi_extra={**body(BuildOptions, extra_content=_CONTEXT), **_OPTIONS})
 async def start_build(request: Request, caller: Auth) -> JSONResponse:
     p = platform(request)
     p.check_ready()
@@ -144,17 +165,18 @@ async def start_build(request: Request, caller: Auth) -> JSONResponse:
     return JSONResponse(out, status_code=202, headers={"Location": out["events_url"]})
 
 
-@router.get("")
-async def list_templates(request: Request, caller: Auth) -> list[dict[str, Any]]:
-    return [template_out(t, b) for t, b in await platform(request).templates.all(caller)]
+@router.get("", response_model=list[TemplateOut])
+async def list_templates(request: Request, caller: Auth) -> JSONResponse:
+    return JSONResponse([template_out(t, b)
+                         for t, b in await platform(request).templates.all(caller)])
 
 
-@router.get("/{name}")
-async def show_template(request: Request, name: str, caller: Auth) -> dict[str, Any]:
+@router.get("/{name}", response_model=TemplateDetail)
+async def show_template(request: Request, name: str, caller: Auth) -> JSONResponse:
     tpl, builds = await platform(request).templates.show(caller, name)
     out = template_out(tpl, builds[0] if builds else None)
     out["builds"] = [build_out(b) for b in builds]
-    return out
+    return JSONResponse(out)
 
 
 @router.delete("/{name}", status_code=204)
@@ -163,19 +185,22 @@ async def delete_template(request: Request, name: str, caller: Auth) -> Response
     return Response(status_code=204)
 
 
-@router.get("/{name}/builds/{build_id}")
+@router.get("/{name}/builds/{build_id}", response_model=BuildOut)
 async def get_build(request: Request, name: str, build_id: str, caller: Auth
-                    ) -> dict[str, Any]:
-    return build_out(await platform(request).templates.get_build(caller, name, build_id))
+                    ) -> JSONResponse:
+    build = await platform(request).templates.get_build(caller, name, build_id)
+    return JSONResponse(build_out(build))
 
 
-@router.post("/{name}/builds/{build_id}/cancel")
+@router.post("/{name}/builds/{build_id}/cancel", response_model=BuildOut)
 async def cancel_build(request: Request, name: str, build_id: str, caller: Auth
-                       ) -> dict[str, Any]:
-    return build_out(await platform(request).templates.cancel(caller, name, build_id))
+                       ) -> JSONResponse:
+    build = await platform(request).templates.cancel(caller, name, build_id)
+    return JSONResponse(build_out(build))
 
 
-@router.get("/{name}/builds/{build_id}/events")
+@router.get("/{name}/builds/{build_id}/events", response_class=StreamingResponse,
+            openapi_extra=stream(BuildEvent, "application/x-ndjson"))
 async def build_events(request: Request, name: str, build_id: str, caller: Auth
                        ) -> StreamingResponse:
     events = await platform(request).templates.events(caller, name, build_id)

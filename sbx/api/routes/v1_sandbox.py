@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from sbx.api.contract import body
 from sbx.api.deps import Caller, platform
 from sbx.api.schemas.v1 import CreateSandbox, SandboxOut, SetTimeout
 from sbx.core.lifecycle import LIVE, SandboxState
@@ -43,7 +44,8 @@ def out(row: Sandbox, with_token: bool = True) -> dict[str, object]:
     ).model_dump(mode="json")
 
 
-@router.post("/", status_code=201, responses=ERRORS, response_model=SandboxOut)
+@router.post("/", status_code=201, responses=ERRORS, response_model=SandboxOut,
+             openapi_extra=body(CreateSandbox))
 async def create(request: Request, caller: Caller) -> JSONResponse:
     req = parse(CreateSandbox, await request.body())
     spec = CreateSpec(
@@ -82,7 +84,8 @@ async def delete(sandbox_id: str, request: Request, caller: Caller
     return out(await platform(request).sandboxes.delete(caller.id, sandbox_id), with_token=False)
 
 
-@router.post("/{sandbox_id}/timeout", responses=ERRORS, response_model=SandboxOut)
+@router.post("/{sandbox_id}/timeout", responses=ERRORS, response_model=SandboxOut,
+             openapi_extra=body(SetTimeout))
 async def set_timeout(sandbox_id: str, request: Request, caller: Caller
                       ) -> dict[str, object]:
     p = platform(request)

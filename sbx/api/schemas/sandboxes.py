@@ -8,10 +8,11 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sbx.api.schemas.v1 import EnvVars
 from sbx.core.errors import FieldError, InvalidRequest
+from sbx.core.validation import field_errors
 from sbx.shared.policy import NetworkPolicy, PolicyMode
 
 # A month: beyond that a "timeout" is a mistake, not a plan.
@@ -81,9 +82,15 @@ class CreateSandboxE2b(BaseModel):
                 cidrs.append(item)
             except ValueError:
                 domains.append(item)
-        return NetworkPolicy.model_validate(
-            {"mode": "custom", "allow_domains": domains, "allow_cidrs": cidrs}
-        )
+        try:
+            return NetworkPolicy.model_validate(
+                {"mode": "custom", "allow_domains": domains, "allow_cidrs": cidrs}
+            )
+        except ValidationError as exc:
+            # An entry that is neither a network nor a domain name, or too
+            # many of either: the client's allowOut, not a server error.
+            raise InvalidRequest([FieldError("network.allowOut", e.error)
+                                  for e in field_errors(exc)]) from None
 
 
 class ConnectE2b(BaseModel):
