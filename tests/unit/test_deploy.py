@@ -287,10 +287,10 @@ SBX_UNITS = {"sbx-server.service": "server", "sbx-api.service": "api",
 # Not for the units that run a node (root): options that give the service a
 # mount namespace of its own (its netns, disk and overlay mounts would not be
 # the host's), and another user.
-NOT_FOR_ROOT = {"ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices", "ReadWritePaths",
-            "ReadOnlyPaths", "InaccessiblePaths", "ProtectKernelTunables",
-            "ProtectKernelModules", "ProtectControlGroups", "TemporaryFileSystem",
-            "BindPaths", "PrivateMounts", "DynamicUser", "User"}
+NOT_FOR_ROOT = {"ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices",
+                "ReadWritePaths", "ReadOnlyPaths", "InaccessiblePaths", "ProtectKernelTunables",
+                "ProtectKernelModules", "ProtectControlGroups", "TemporaryFileSystem",
+                "BindPaths", "PrivateMounts", "DynamicUser", "User"}
 
 
 def test_units_pass_systemd_analyze_verify() -> None:
