@@ -9,7 +9,8 @@ log() { printf '[sbx-install] %s\n' "$*" >&2; }
 
 need_apt=()
 for pair in nft:nftables ip:iproute2 mmdebstrap:mmdebstrap mkfs.ext4:e2fsprogs \
-            unshare:util-linux nsenter:util-linux sqlite3:sqlite3 curl:curl; do
+            unshare:util-linux nsenter:util-linux sqlite3:sqlite3 curl:curl \
+            systemd-analyze:systemd; do
   cmd="${pair%%:*}"; pkg="${pair#*:}"
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -19,6 +20,12 @@ ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
 
 # runsc must come from Debian 13: the Debian 12 build cannot run netstack here.
 runsc_ok() { command -v runsc >/dev/null 2>&1 && runsc --version 2>/dev/null | head -1 | grep -Eq '20(2[4-9]|[3-9][0-9])[0-9]{4}'; }
+# The deployment test renders deploy/kubernetes with `kubectl kustomize`:
+# Debian 12's kubectl (1.20, kustomize 2) is too old for it, so it comes
+# from Debian 13 too (kubernetes-client, there a transitional package that
+# brings kubectl; it also replaces Debian 12's kubernetes-client cleanly).
+# Any kubectl with kustomize 4 or later will do.
+kubectl_ok() { command -v kubectl >/dev/null 2>&1 && kubectl version --client 2>/dev/null | grep -Eq '^Kustomize Version: v([4-9]|[1-9][0-9])\.'; }
 
 add_trixie_source() {
   local src=/etc/apt/sources.list.d/sbx-trixie.sources
@@ -47,9 +54,9 @@ Pin-Priority: 100
 PIN
 }
 
-if ! runsc_ok || [ ${#need_apt[@]} -gt 0 ]; then
+if ! runsc_ok || ! kubectl_ok || [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
-  if ! runsc_ok; then add_trixie_source; fi
+  if ! runsc_ok || ! kubectl_ok; then add_trixie_source; fi
   log "apt-get update"
   apt-get update -qq
   if [ ${#need_apt[@]} -gt 0 ]; then
@@ -59,6 +66,10 @@ if ! runsc_ok || [ ${#need_apt[@]} -gt 0 ]; then
   if ! runsc_ok; then
     log "installing runsc from Debian 13"
     apt-get install -y -qq -t trixie runsc >/dev/null
+  fi
+  if ! kubectl_ok; then
+    log "installing kubectl (kubernetes-client) from Debian 13"
+    apt-get install -y -qq -t trixie kubernetes-client >/dev/null
   fi
 fi
 
