@@ -16,8 +16,10 @@ from collections import defaultdict
 from pathlib import Path
 
 from sbx.core.errors import Conflict
+from sbx.core.fleet import NodeGone
 from sbx.core.lifecycle import SandboxState
 from sbx.core.sandboxes import SandboxService
+from sbx.nodeapi.contract import StartFailed
 from sbx.shared.policy import NetworkPolicy
 from sbx.shared.security import stored_security
 from sbx.store import repo
@@ -66,6 +68,9 @@ class EgressControl:
                 continue
             try:
                 await self._resync_one(row.id)
+            except (StartFailed, NodeGone) as exc:
+                # Its node did not answer (lost, or restarting): next round.
+                log.warning("re-applying the network policy of %s failed: %s", row.id, exc)
             except Exception:
                 log.exception("re-applying the network policy of %s failed", row.id)
 

@@ -268,7 +268,7 @@ def test_each_duty_runs_on_one_replica_and_a_timeout_fires_once(cluster: Cluster
     created = httpx.post(f"{cluster.url}/sandboxes", json={"template": "base", "timeout": 3},
                          headers={"X-API-Key": cluster.key}, timeout=60)
     assert created.status_code == 201, created.text
-    sid = created.json()["sandbox_id"]
+    sid = created.json()["sandboxID"]
 
     def killed() -> bool:
         got = httpx.get(f"{cluster.url}/sandboxes/{sid}", headers={"X-API-Key": cluster.key},
