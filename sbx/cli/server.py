@@ -198,8 +198,8 @@ def pool_report(data_dir: Path | None, database_url: str | None) -> None:
     """The warm pool: members per size, the memory they reserve, and what
     they use on the host now (memory and CPU time of their cgroups); and
     the spare runtimes with their host memory."""
-    from sbx.core.lifecycle import SandboxState
     from sbx.core.pool import POOL_ORG, sizes
+    from sbx.shared.lifecycle import SandboxState
     from sbx.store import repo
 
     settings = _settings(data_dir=data_dir, database_url=database_url)
@@ -383,8 +383,8 @@ def teardown(data_dir: Path | None, database_url: str | None) -> None:
     """Remove every host resource of this data dir's sandboxes (runsc
     containers, netns, veths, disks, cgroups, the nft table) and mark them
     deleted. For uninstalling, and for tests. Stop the server first."""
-    from sbx.core.lifecycle import LIVE
     from sbx.node.agent import NodeAgent
+    from sbx.shared.lifecycle import LIVE
     from sbx.store import repo
 
     settings = _settings(data_dir=data_dir, database_url=database_url)
@@ -399,7 +399,10 @@ def teardown(data_dir: Path | None, database_url: str | None) -> None:
         await LayerStore(settings.data_dir / "layers").recover()
         rows = await repo.sandboxes(s, None, LIVE)
         for row in rows:
-            await repo.set_state(s, row.id, row.state, "deleted", "teardown")
+            # Every live state may go to deleting, and deleting to deleted.
+            if row.state != "deleting":
+                await repo.set_state(s, row.id, row.state, "deleting", "teardown")
+            await repo.set_state(s, row.id, "deleting", "deleted", "teardown")
         return len(rows)
 
     n = in_db(data_dir, database_url, go)

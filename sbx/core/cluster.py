@@ -24,10 +24,10 @@ from typing import Any
 from sbx.config import Settings
 from sbx.core.errors import Forbidden, NotFound, Unauthorized
 from sbx.core.fleet import NodeGone, NoRoom, Shape
-from sbx.core.lifecycle import LIVE, SandboxState
 from sbx.nodeapi.client import RemoteNode
 from sbx.nodeapi.contract import Node
 from sbx.shared import ids
+from sbx.shared.lifecycle import LIVE, SandboxState
 from sbx.store import nodes as node_repo
 from sbx.store import repo
 from sbx.store.db import Database

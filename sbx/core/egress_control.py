@@ -17,9 +17,9 @@ from pathlib import Path
 
 from sbx.core.errors import Conflict
 from sbx.core.fleet import NodeGone
-from sbx.core.lifecycle import SandboxState
 from sbx.core.sandboxes import SandboxService
 from sbx.nodeapi.contract import StartFailed
+from sbx.shared.lifecycle import SandboxState
 from sbx.shared.policy import NetworkPolicy
 from sbx.shared.security import stored_security
 from sbx.store import repo

@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sbx.core.errors import Conflict, Forbidden, RateLimited
-from sbx.core.lifecycle import LIVE
+from sbx.shared.lifecycle import LIVE
 from sbx.store import repo
 from sbx.store.models import CreateLog, Org, Template, Tier
 

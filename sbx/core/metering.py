@@ -22,8 +22,8 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sbx.core import billing, money
-from sbx.core.lifecycle import LIVE
-from sbx.core.lifecycle import SandboxState as S
+from sbx.shared.lifecycle import LIVE
+from sbx.shared.lifecycle import SandboxState as S
 from sbx.store import repo
 from sbx.store.db import Database
 from sbx.store.models import GuardrailUsage, Org, Sandbox, SandboxEvent, Tier

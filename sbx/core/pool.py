@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from sbx.config import Settings
 from sbx.core import accounts
 from sbx.core.fleet import Shape
-from sbx.core.lifecycle import SandboxState
 from sbx.core.sandboxes import CreateSpec, SandboxService
 from sbx.core.templates import BASE, template_id
 from sbx.nodeapi.contract import StartFailed
 from sbx.shared import ids
+from sbx.shared.lifecycle import SandboxState
 from sbx.store import repo
 from sbx.store.db import Database
 from sbx.store.models import Template

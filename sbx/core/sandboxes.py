@@ -22,9 +22,9 @@ from sbx.config import Settings
 from sbx.core import billing, limits
 from sbx.core.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable
 from sbx.core.fleet import Fleet, NodeGone, Shape
-from sbx.core.lifecycle import LIVE, SandboxState
 from sbx.nodeapi.contract import Node, OnUp, RuntimeState, SandboxPlan, SpareClaim, StartFailed
 from sbx.shared import ids
+from sbx.shared.lifecycle import LIVE, SandboxState
 from sbx.shared.policy import NetworkPolicy, default_policy
 from sbx.shared.security import stored_security
 from sbx.store import repo

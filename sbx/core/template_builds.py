@@ -42,8 +42,8 @@ from sbx.core.errors import (
     NotSupported,
 )
 from sbx.core.fleet import Fleet, Shape
-from sbx.core.lifecycle import LIVE
 from sbx.core.templates import BASE, template_id
+from sbx.shared.lifecycle import LIVE
 from sbx.shared.policy import NetworkPolicy, default_policy
 from sbx.store import repo
 from sbx.store.db import Database

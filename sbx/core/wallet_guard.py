@@ -9,8 +9,8 @@ import logging
 from sqlalchemy import select
 
 from sbx.core import billing
-from sbx.core.lifecycle import SandboxState as S
 from sbx.core.sandboxes import SandboxService
+from sbx.shared.lifecycle import SandboxState as S
 from sbx.store import repo
 from sbx.store.db import Database
 from sbx.store.models import Org

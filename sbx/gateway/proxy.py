@@ -12,8 +12,8 @@ import httpx
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sbx.core.errors import NotFound
-from sbx.core.lifecycle import SandboxState
 from sbx.core.sandboxes import SandboxService
+from sbx.shared.lifecycle import SandboxState
 
 _HOST_RE = re.compile(r"^(\d{1,5})-(sbx-[a-z0-9]{8})\.")
 _HOP = {

@@ -10,6 +10,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from sbx.shared.lifecycle import SandboxState, can_transition
 from sbx.store.db import lock_key
 from sbx.store.models import ApiKey, Base, Org, Sandbox, SandboxEvent, Template
 
@@ -123,11 +124,19 @@ async def due_for_timeout(s: AsyncSession, at: datetime, states: Iterable[str]) 
     return (await s.execute(q)).scalars().all()
 
 
+class IllegalTransition(ValueError):
+    """A state change the lifecycle does not allow (a bug, not bad input)."""
+
+
 async def set_state(
     s: AsyncSession, sandbox_id: str, src: str, dst: str, detail: str | None = None
 ) -> bool:
     """Compare-and-set of a sandbox's state, with its event row, so two
-    writers never both win a transition."""
+    writers never both win a transition. A transition the lifecycle does
+    not allow (shared/lifecycle.py) is refused here, the one place every
+    state change passes."""
+    if not can_transition(SandboxState(src), SandboxState(dst)):
+        raise IllegalTransition(f"sandbox {sandbox_id}: {src} -> {dst} is not a transition")
     values: dict[str, object] = {"state": dst}
     if dst in ("deleted", "killed"):
         values["ended_at"] = now()

@@ -334,3 +334,12 @@ async def test_a_paused_sandbox_resumes_on_another_node_once_its_own_drains(
     assert resumed.ip_slot == fleet.nodes["b"].slots[a.id]
     assert a.id not in fleet.nodes["a"].slots
     assert fleet.nodes["b"].plans[a.id].envd_token == a.envd_token
+
+
+async def test_the_store_refuses_a_transition_the_lifecycle_does_not_allow(core: Core) -> None:
+    row = await core.service.create(core.org_id, CreateSpec(template="base"))
+    with pytest.raises(repo.IllegalTransition):
+        async with core.db.transaction() as s:
+            await repo.set_state(s, row.id, "running", "paused")
+    assert (await core.service.get(None, row.id)).state == "running"
+    assert await _events(core.db, row.id) == [(None, "starting"), ("starting", "running")]

@@ -25,9 +25,9 @@ from sbx.config import Settings
 from sbx.core import accounts, billing
 from sbx.core.errors import Conflict, RateLimited
 from sbx.core.fleet import OneNode
-from sbx.core.lifecycle import LIVE
 from sbx.core.limits import LimitReached
 from sbx.core.sandboxes import CreateSpec, SandboxService
+from sbx.shared.lifecycle import LIVE
 from sbx.store import audit as audit_store
 from sbx.store import leases, repo
 from sbx.store.db import Database

@@ -30,13 +30,13 @@ from sbx.core.errors import (
     NotFound,
     RateLimited,
 )
-from sbx.core.lifecycle import SandboxState
 from sbx.core.limits import LimitReached
 from sbx.core.sandboxes import CreateSpec, SandboxService
 from sbx.core.security import parse_security
 from sbx.core.templates import BASE
 from sbx.core.validation import parse, peek_json
 from sbx.envd import ENVD_VERSION
+from sbx.shared.lifecycle import SandboxState
 from sbx.shared.policy import NetworkPolicy, default_policy
 from sbx.store.models import Sandbox
 

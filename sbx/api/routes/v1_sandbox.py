@@ -10,9 +10,9 @@ from fastapi.responses import JSONResponse
 from sbx.api.contract import body
 from sbx.api.deps import Caller, platform
 from sbx.api.schemas.v1 import CreateSandbox, SandboxOut, SetTimeout
-from sbx.core.lifecycle import LIVE, SandboxState
 from sbx.core.sandboxes import CreateSpec
 from sbx.core.validation import parse
+from sbx.shared.lifecycle import LIVE, SandboxState
 from sbx.shared.policy import NetworkPolicy, default_policy
 from sbx.store.models import Sandbox
 
