@@ -224,6 +224,12 @@ class Cluster:
             raise NodeGone(f"node {node_id} is unknown to this control plane")
         return remote[1].address(slot)
 
+    def via(self, node_id: str | None) -> tuple[str, str] | None:
+        row = self._rows.get(node_id or "")
+        if row is None:
+            raise NodeGone(f"node {node_id} is unknown to this control plane")
+        return row.url, row.control_key
+
     def accepts(self, node_id: str | None) -> bool:
         row = self._rows.get(node_id or "")
         return row is not None and self._state(row) == "ready"

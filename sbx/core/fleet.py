@@ -55,6 +55,12 @@ class Fleet(Protocol):
         """A sandbox's address on its node (known also while it is lost)."""
         ...
 
+    def via(self, node_id: str | None) -> tuple[str, str] | None:
+        """Where the gateway sends a request for a sandbox of that node: the
+        node's service (URL, control key), which forwards it; None: straight
+        to the sandbox's address (it is on this host)."""
+        ...
+
     async def members(self) -> dict[str | None, Node]:
         """The nodes to reconcile and resync now (lost ones left out)."""
         ...
@@ -77,6 +83,9 @@ class OneNode:
 
     def address(self, node_id: str | None, slot: int) -> str:
         return self._node.address(slot)
+
+    def via(self, node_id: str | None) -> tuple[str, str] | None:
+        return None
 
     async def members(self) -> dict[str | None, Node]:
         return {None: self._node}

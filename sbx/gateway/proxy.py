@@ -3,29 +3,39 @@ streamed to it, both ways; everything else goes on to the API."""
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import httpx
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sbx.core.errors import NotFound
+from sbx.core.errors import NotFound, Unavailable
 from sbx.core.sandboxes import SandboxService
+from sbx.nodeapi.wire import NODE_KEY_HEADER
+from sbx.shared.forward import Pools, error, forward
 from sbx.shared.lifecycle import SandboxState
 
+_ROUTING = frozenset({NODE_KEY_HEADER, b"e2b-sandbox-id", b"e2b-sandbox-port"})
+_NONE: frozenset[bytes] = frozenset()
 _HOST_RE = re.compile(r"^(\d{1,5})-(sbx-[a-z0-9]{8})\.")
-_HOP = {
-    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
-    b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length",
-}
 
 
 @dataclass(frozen=True)
 class Route:
     ip: str
     state: str
+    node_id: str | None = None
+
+
+def upstream(route: Route, via: tuple[str, str] | None, sandbox_id: str, port: int
+             ) -> tuple[str, list[tuple[bytes, bytes]]]:
+    """Where to send the request: straight to the sandbox's address, or (via:
+    a cluster node's URL and control key, read at each request so a node
+    that joined again with new keys is reached) to the node, which forwards it."""
+    if via is None:
+        return f"http://{route.ip}:{port}", []
+    url, key = via
+    return url, [(NODE_KEY_HEADER, key.encode()), (b"e2b-sandbox-id", sandbox_id.encode()),
+                     (b"e2b-sandbox-port", str(port).encode())]
 
 
 def target(scope: Scope) -> tuple[str, int] | None:
@@ -54,13 +64,9 @@ class Gateway:
     def __init__(self, app: ASGIApp, service: SandboxService) -> None:
         self.app = app
         self.service = service
-        # One pool per sandbox: addresses are reused by later sandboxes, and
-        # a kept-alive connection to a sandbox that vanished (no FIN from a
-        # netstack that is gone) must never carry the next one's requests.
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._pools = Pools()
         self._routes: dict[str, Route] = {}
         service.on_leaving.append(self.forget)
-        self._owner: dict[str, str] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,7 +91,7 @@ class Gateway:
             return None
         if row.ip_slot is None:
             return None
-        route = Route(self.service.address(row), row.state)
+        route = Route(self.service.address(row), row.state, row.node_id)
         if route.state == SandboxState.RUNNING:
             if len(self._routes) >= 10_000:
                 self._routes.clear()
@@ -98,101 +104,31 @@ class Gateway:
     async def proxy(self, scope: Scope, receive: Receive, send: Send, sandbox_id: str,
                     port: int) -> None:
         if not 1 <= port <= 65535:
-            await _error(send, 400, "invalid E2b-Sandbox-Port")
+            await error(send, 400, "invalid E2b-Sandbox-Port")
             return
-        route = await self.route(sandbox_id)
+        try:
+            route = await self.route(sandbox_id)
+        except Unavailable as exc:  # its node is lost or unknown
+            await error(send, 503, str(exc))
+            return
         if route is None:
-            await _error(send, 404, f"Sandbox {sandbox_id} not found")
+            await error(send, 404, f"Sandbox {sandbox_id} not found")
             return
         if route.state != SandboxState.RUNNING:
             status = 404 if route.state in ("deleted", "killed") else 409
-            await _error(send, status, f"Sandbox {sandbox_id} is {route.state}")
-            return
-        headers = [(k, v) for k, v in scope["headers"] if k not in _HOP]
-        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        content: bytes | AsyncIterator[bytes]
-        if length is not None and int(length) <= 1 << 20:
-            content = await _read_all(receive)
-        else:
-            content = _stream_body(receive)
-        path = scope.get("raw_path") or scope["path"].encode()
-        qs = scope.get("query_string", b"")
-        url = f"http://{route.ip}:{port}{path.decode('latin-1')}"
-        if qs:
-            url += "?" + qs.decode("latin-1")
-        client = await self._client(sandbox_id, route.ip)
-        req = client.build_request(scope["method"], url, headers=headers, content=content)
-        try:
-            resp = await client.send(req, stream=True)
-        except httpx.HTTPError as exc:
-            await _error(send, 502, f"Sandbox {sandbox_id} port {port} is not reachable: {exc}")
+            await error(send, status, f"Sandbox {sandbox_id} is {route.state}")
             return
         try:
-            out_headers = [
-                (k.lower(), v) for k, v in resp.headers.raw if k.lower() not in _HOP
-            ]
-            await send({"type": "http.response.start", "status": resp.status_code,
-                        "headers": out_headers})
-            async for chunk in resp.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            await resp.aclose()
-
-    async def _client(self, sandbox_id: str, ip: str) -> httpx.AsyncClient:
-        owner = self._owner.get(ip)
-        if owner is not None and owner != sandbox_id:
-            stale = self._clients.pop(owner, None)
-            if stale is not None:
-                await stale.aclose()
-        self._owner[ip] = sandbox_id
-        client = self._clients.get(sandbox_id)
-        if client is None and len(self._clients) >= 512:
-            # Dicts keep insertion order: the oldest pool goes first.
-            oldest = next(iter(self._clients))
-            await self._clients.pop(oldest).aclose()
-        if client is None:
-            client = httpx.AsyncClient(
-                timeout=httpx.Timeout(connect=5.0, read=None, write=60.0, pool=10.0),
-                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-                follow_redirects=False,
-            )
-            self._clients[sandbox_id] = client
-        return client
+            via = self.service.fleet.via(route.node_id)
+        except Unavailable as exc:
+            await error(send, 503, str(exc))
+            return
+        base, extra = upstream(route, via, sandbox_id, port)
+        client = await self._pools.client(sandbox_id, route.ip)
+        # Through a node, the routing headers are ours (a client's own
+        # node-key header never reaches a node).
+        await forward(scope, receive, send, client, base, extra,
+                      f"Sandbox {sandbox_id} port {port}", drop=_ROUTING if extra else _NONE)
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
-
-
-async def _read_all(receive: Receive) -> bytes:
-    parts = []
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            break
-        parts.append(msg.get("body", b""))
-        if not msg.get("more_body"):
-            break
-    return b"".join(parts)
-
-
-async def _stream_body(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            return
-        body = msg.get("body", b"")
-        if body:
-            yield body
-        if not msg.get("more_body"):
-            return
-
-
-async def _error(send: Send, status: int, message: str) -> None:
-    body = json.dumps({"code": status, "message": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+        await self._pools.aclose()

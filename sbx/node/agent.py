@@ -142,6 +142,15 @@ class NodeAgent:
             if sandbox_id:
                 self._rid[sandbox_id] = path.parent.name
                 self._sid[path.parent.name] = sandbox_id
+        # The slots of the sandboxes running here (a paused one's comes with
+        # the control plane's first reconcile): a restarted node forwards to
+        # them at once.
+        for path in self.settings.sandboxes_dir.glob("*/slot"):
+            try:
+                slot = int(path.read_text())
+            except (OSError, ValueError):
+                continue
+            self.slots.bind(self._sid.get(path.parent.name, path.parent.name), slot)
 
     async def runtime_state(self, sandbox_id: str) -> RuntimeState:
         return await self.runtime.state(self.rid(sandbox_id))
@@ -558,6 +567,8 @@ class NodeAgent:
                     if isinstance(outcome, BaseException):
                         raise outcome
             marks.append(("envd+init", time.perf_counter()))
+            await asyncio.to_thread(
+                (self.sandbox_dir(plan.id) / "slot").write_text, str(plan.slot))
         except BaseException as exc:
             log.warning("sandbox %s failed to start: %s", plan.id, exc)
             await asyncio.shield(self.stop(plan.id))

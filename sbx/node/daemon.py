@@ -93,9 +93,13 @@ class NodeDaemon:
         await self.agent.setup()
         control_key = await self._register()
         server = uvicorn.Server(uvicorn.Config(
-            node_app(self.agent, control_key), host=self.opts.listen_host,
+            node_app(self.agent, control_key, self.locate), host=self.opts.listen_host,
             port=self.opts.listen_port, log_level="warning", access_log=False, lifespan="off"))
-        tasks = [asyncio.create_task(server.serve(), name="node-api"),
+        serving = asyncio.create_task(server.serve(), name="node-api")
+        # Ready (the first heartbeat) only once it listens.
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.02)
+        tasks = [serving,
                  asyncio.create_task(self._heartbeats(), name="heartbeat"),
                  asyncio.create_task(self._audit_flush(), name="audit"),
                  asyncio.create_task(self._prewarm(base), name="prewarm")]
@@ -154,6 +158,11 @@ class NodeDaemon:
             except httpx.TransportError as exc:
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(HEARTBEAT_S)
+
+    def locate(self, sandbox_id: str) -> str | None:
+        """The sandbox's address here, if it holds a slot here."""
+        slot = self.agent.slots.of(sandbox_id)
+        return self.agent.address(slot) if slot is not None else None
 
     def info(self) -> dict[str, Any]:
         """What placement may prefer this node for."""

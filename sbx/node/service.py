@@ -16,9 +16,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sbx.nodeapi import wire
 from sbx.nodeapi.contract import Node, SpareClaim, StartFailed
+from sbx.shared.forward import Pools, error, forward
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +29,12 @@ class _Refused(Exception):
     pass
 
 
-def node_app(node: Node, control_key: str) -> FastAPI:
-    """The node's HTTP API; control_key is what the control plane presents."""
+def node_app(node: Node, control_key: str,
+             locate: Callable[[str], str | None] | None = None) -> ASGIApp:
+    """The node's HTTP API; control_key is what the control plane presents.
+    With locate (a sandbox's address on this node, or None), it also
+    forwards the gateway's requests for a sandbox's port (see
+    SandboxForwarder)."""
 
     async def authorised(request: Request) -> None:
         got = request.headers.get("authorization", "")
@@ -153,7 +159,45 @@ def node_app(node: Node, control_key: str) -> FastAPI:
             Path(body.rootfs)))
 
     app.include_router(r)
-    return app
+    return SandboxForwarder(app, control_key, locate) if locate is not None else app
+
+
+class SandboxForwarder:
+    """Requests that name a sandbox (E2b-Sandbox-Id, E2b-Sandbox-Port) and
+    carry the control key go on to that sandbox's port on this node: the
+    control plane's gateway reaches sandboxes on any host this way, the
+    sandbox addresses staying the node's own."""
+
+    def __init__(self, app: ASGIApp, control_key: str,
+                 locate: Callable[[str], str | None]) -> None:
+        self.app = app
+        self.key = control_key.encode()
+        self.locate = locate
+        self._pools = Pools()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope.get("headers", [])) if scope["type"] == "http" else {}
+        sandbox_id = headers.get(b"e2b-sandbox-id")
+        if sandbox_id is None:
+            await self.app(scope, receive, send)
+            return
+        if not hmac.compare_digest(headers.get(wire.NODE_KEY_HEADER, b""), self.key):
+            await error(send, 401, "a valid control key is needed")
+            return
+        sid = sandbox_id.decode("latin-1")
+        ip = self.locate(sid)
+        try:
+            port = int(headers.get(b"e2b-sandbox-port", b"49983"))
+        except ValueError:
+            port = -1
+        if ip is None or not 1 <= port <= 65535:
+            await error(send, 404, f"Sandbox {sid} is not on this node")
+            return
+        await forward(scope, receive, send, await self._pools.client(sid, ip),
+                      f"http://{ip}:{port}", [],
+                      f"Sandbox {sid} port {port}",
+                      drop=frozenset({wire.NODE_KEY_HEADER, b"e2b-sandbox-id",
+                                      b"e2b-sandbox-port"}))
 
 
 async def _start(node: Node, body: wire.PlanBody) -> AsyncIterator[bytes]:

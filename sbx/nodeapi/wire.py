@@ -21,6 +21,10 @@ from sbx.shared.policy import NetworkPolicy
 from sbx.shared.security import SecurityPolicy
 
 PREFIX = "/node/v1"
+# A request for a sandbox's port, sent by the control plane's gateway to the
+# sandbox's node (with E2b-Sandbox-Id and E2b-Sandbox-Port), carries the
+# node's control key in this header; the node forwards it to the sandbox.
+NODE_KEY_HEADER = b"x-sbx-node-key"
 
 
 class _Body(BaseModel):

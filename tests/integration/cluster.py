@@ -103,7 +103,7 @@ def _node(c: Cluster, name: str, token: str, snapshots: Path,
     subnet = free_subnet(22)
     proc = Proc([SBX, "node", "--control-plane", c.url, "--join-token", token,
                  "--data-dir", str(data), "--subnet", subnet, "--listen", f"127.0.0.1:{port}",
-                 "--node-id", name, "--snapshot-dir", str(snapshots), "--vcpu", "2",
+                 "--node-id", name, "--snapshot-dir", str(snapshots), "--vcpu", "8",
                  "--memory-mib", "4096", "--disk-mib", "20000"],
                 data / "node.log", cluster_env(**(env or {})))
     c.nodes[name] = (proc, data, subnet)
@@ -140,6 +140,9 @@ def running_cluster(pg: Postgres, database_url: str, nodes: tuple[str, ...] = ("
         wait_for("every node ready", lambda: {
             n: v["state"] for n, v in c.admin_nodes().items()} == dict.fromkeys(nodes, "ready"),
             180)
+        # Every replica reads the nodes every second: all of them place on
+        # the last one to join from then on.
+        time.sleep(1.5)
         yield c
     finally:
         for _, proc in c.apis:

@@ -58,6 +58,7 @@ def test_a_paused_sandbox_resumes_on_another_node_once_its_node_drains(
         cluster: Cluster) -> None:
     sb = Sandbox.create(api_url=cluster.url, api_key=cluster.key, vcpu=1, memory_mib=512,
                         timeout=300)
+    home = None
     try:
         sb.files.write("/root/kept.txt", "across nodes")
         sb.commands.run("echo 41 > /tmp/counter")
@@ -74,8 +75,9 @@ def test_a_paused_sandbox_resumes_on_another_node_once_its_node_drains(
         assert sb.files.read("/root/kept.txt") == "across nodes"
         assert sb.commands.run("cat /tmp/counter").stdout.strip() == "41"
     finally:
-        httpx.post(f"{cluster.url}/admin/nodes/{home}/undrain",
-                   headers={"X-API-Key": cluster.key}, timeout=10)
+        if home is not None:
+            httpx.post(f"{cluster.url}/admin/nodes/{home}/undrain",
+                       headers={"X-API-Key": cluster.key}, timeout=10)
         sb.kill()
 
 
@@ -103,7 +105,14 @@ def test_a_killed_node_is_lost_then_back_and_a_killed_replica_changes_nothing(
         # Back: it adopts the sandbox it still runs.
         proc.start()
         wait_for("node back", lambda: cluster.admin_nodes()[home]["state"] == "ready", 120)
-        assert sb.commands.run("echo back").stdout.strip() == "back"
+        # Its firewall was rebuilt at start: the sandbox answers once the
+        # control plane's resync (every second here) gave its policy back.
+        def answers() -> bool:
+            try:
+                return sb.commands.run("echo back").stdout.strip() == "back"
+            except Exception:
+                return False
+        wait_for("its sandbox answers again", answers, 20, step=0.5)
         # One replica SIGKILLed: the other serves everything.
         api = cluster.apis[0][1]
         api.kill(signal.SIGKILL)

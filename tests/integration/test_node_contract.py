@@ -36,12 +36,18 @@ class Under:
     node: Node
     agent: NodeAgent
     rootfs: Path
+    control_key: str = ""
 
 
 @contextlib.asynccontextmanager
 async def _served(agent: NodeAgent, key: str) -> AsyncIterator[str]:
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(node_app(agent, key), host="127.0.0.1", port=port,
+    def locate(sandbox_id: str) -> str | None:
+        slot = agent.slots.of(sandbox_id)
+        return agent.address(slot) if slot is not None else None
+
+    server = uvicorn.Server(uvicorn.Config(node_app(agent, key, locate), host="127.0.0.1",
+                                           port=port,
                                            log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve())
     try:
@@ -72,7 +78,7 @@ async def _node(kind: str) -> AsyncIterator[Under]:
             async with _served(agent, key) as url:
                 remote = RemoteNode(url, key, settings.subnet)
                 try:
-                    yield Under(remote, agent, rootfs)
+                    yield Under(remote, agent, rootfs, key)
                 finally:
                     await remote.close()
     finally:
@@ -193,6 +199,31 @@ async def test_a_spare_is_claimed_put_back_and_started_into(under: Under) -> Non
     assert await node.start(_plan(under, claim.id, claim.slot)) is True
     assert await node.is_alive(claim.id, claim.slot)
     await node.forget(claim.id)
+
+
+async def test_the_node_forwards_the_gateways_requests_to_its_sandboxes(
+        sbx_server: Server) -> None:
+    async with _node("remote") as under:
+        assert isinstance(under.node, RemoteNode)
+        node = under.node
+        sid = "sbx-" + uuid.uuid4().hex[:8]
+        slot = await node.reserve_slot(sid)
+        await node.start(_plan(under, sid, slot))
+        try:
+            url = f"{node.url}/health"
+            async with httpx.AsyncClient(timeout=10) as client:
+                ok = await client.get(url, headers={
+                    "E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "49983",
+                    "X-Sbx-Node-Key": under.control_key})
+                assert ok.status_code == 204, ok.text
+                refused = await client.get(url, headers={
+                    "E2b-Sandbox-Id": sid, "X-Sbx-Node-Key": "not-the-key"})
+                assert refused.status_code == 401
+                elsewhere = await client.get(url, headers={
+                    "E2b-Sandbox-Id": "sbx-nothere0", "X-Sbx-Node-Key": under.control_key})
+                assert elsewhere.status_code == 404
+        finally:
+            await node.forget(sid)
 
 
 async def test_the_wire_refuses_a_caller_without_the_control_key(sbx_server: Server) -> None:

@@ -256,6 +256,9 @@ class TwoNodes:
     def address(self, node_id: str | None, slot: int) -> str:
         return self.nodes[node_id or ""].address(slot)
 
+    def via(self, node_id: str | None) -> tuple[str, str] | None:
+        return None
+
     async def members(self) -> dict[str | None, FakeNode]:
         return {n: node for n, node in self.nodes.items() if n not in self.lost}
 
