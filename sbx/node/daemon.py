@@ -96,8 +96,9 @@ class NodeDaemon:
             node_app(self.agent, control_key, self.locate), host=self.opts.listen_host,
             port=self.opts.listen_port, log_level="warning", access_log=False, lifespan="off"))
         serving = asyncio.create_task(server.serve(), name="node-api")
-        # Ready (the first heartbeat) only once it listens.
-        while not server.started and not serving.done():
+        # Ready (the first heartbeat) only once it listens (uvicorn's
+        # Server tells that by a flag only, no event to wait on).
+        while not server.started and not serving.done():  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         tasks = [serving,
                  asyncio.create_task(self._heartbeats(), name="heartbeat"),
