@@ -3,6 +3,8 @@ streamed to it, both ways; everything else goes on to the API."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -133,10 +135,13 @@ class Gateway:
             ]
             await send({"type": "http.response.start", "status": resp.status_code,
                         "headers": out_headers})
-            async for chunk in resp.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if isinstance(content, bytes):
+                await _relay_until_gone(resp, send, receive)
+            else:
+                await _relay(resp, send)
         finally:
+            # Closed before its end, the connection to the sandbox is dropped
+            # (not pooled): the service inside sees its client leave.
             await resp.aclose()
 
     async def _client(self, sandbox_id: str, ip: str) -> httpx.AsyncClient:
@@ -164,6 +169,34 @@ class Gateway:
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
+
+
+async def _relay(resp: httpx.Response, send: Send) -> None:
+    async for chunk in resp.aiter_raw():
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _relay_until_gone(resp: httpx.Response, send: Send, receive: Receive) -> None:
+    """Relay the answer, and stop as soon as the client disconnects, even
+    while the sandbox sends nothing: a long-running call (a code cell) the
+    client gave up on must see its connection close, not run on unseen."""
+    relay = asyncio.create_task(_relay(resp, send))
+    gone = asyncio.create_task(_disconnected(receive))
+    try:
+        await asyncio.wait({relay, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not relay.done():
+            relay.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await relay
+
+
+async def _disconnected(receive: Receive) -> None:
+    # The request body was read whole: what is left to receive is the end.
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _read_all(receive: Receive) -> bytes:

@@ -17,7 +17,7 @@ import os
 import queue
 import secrets
 import shlex
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,7 +183,7 @@ class Contexts:
 
     # -- execution -----------------------------------------------------------
     async def execute(self, ctx: Context, code: str, env_vars: dict[str, str] | None
-                      ) -> AsyncIterator[dict[str, Any]]:
+                      ) -> AsyncGenerator[dict[str, Any], None]:
         """The cell's events as they come. Cancelled (the client went away,
         or its timeout ran out), the kernel is interrupted and the context
         stays usable; the context's lock is held until the kernel is idle."""

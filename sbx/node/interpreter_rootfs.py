@@ -1,0 +1,174 @@
+"""The root filesystem of `code-interpreter-v1`, the template E2B's Code
+Interpreter SDKs create by default: Debian 12 as `base`, plus Jupyter
+kernels (Python 3 with the usual data packages, Bash) and sbx's interpreter
+service (sbx/interpreter) as its start command.
+
+The wheels are downloaded on the host (`pip download`, with the host's pip
+configuration: its indexes and constraints), binary wheels only, so that no
+package's code runs on the host; inside the new tree they are installed
+from that local wheelhouse with the tree's own pip (no network inside).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import compileall
+import fcntl
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from sbx.node import rootfs
+from sbx.node.proc import CommandError
+
+NAME = "code-interpreter-v1"
+PYTHON_PACKAGES = [
+    "ipykernel", "jupyter_client", "uvicorn", "bash_kernel",
+    "numpy", "pandas", "matplotlib", "scipy", "scikit-learn", "seaborn",
+    "requests", "pillow", "openpyxl", "sympy",
+]
+# Tags of the image's Python (Debian 12: CPython 3.11, glibc 2.36), so the
+# host's own Python need not be the same.
+WHEEL_TAGS = [
+    "--python-version", "3.11", "--implementation", "cp",
+    "--abi", "cp311", "--abi", "abi3", "--abi", "none",
+    *[arg for plat in ["manylinux2014_x86_64", "linux_x86_64", "any",
+                       *[f"manylinux_2_{n}_x86_64" for n in range(17, 37)]]
+      for arg in ("--platform", plat)],
+]
+INTERPRETER_SRC = Path(__file__).resolve().parent.parent / "interpreter"
+PORT = 49999
+LAUNCHER = f"""\
+import runpy
+import sys
+
+sys.path.insert(0, "/opt/sbx")
+sys.argv = ["interpreter", "--port", "{PORT}"]
+runpy.run_module("interpreter", run_name="__main__", alter_sys=True)
+"""
+READY_TIMEOUT_S = 120.0
+RUN_CONFIG: dict[str, Any] = {
+    "version": 1,
+    "env": {},
+    "workdir": "/home/user",
+    "user": "user",
+    "start_cmd": ["/usr/bin/python3", "/opt/sbx/interpreter-launch.py"],
+    # 200 once the default Python context is started and warm: the template
+    # snapshot is taken after it, so sandboxes start with a warm kernel.
+    "ready_cmd": f"curl -sf http://127.0.0.1:{PORT}/health",
+    "ready_timeout_s": READY_TIMEOUT_S,
+}
+BASH_KERNEL = {
+    "argv": ["/usr/bin/python3", "-m", "bash_kernel", "-f", "{connection_file}"],
+    "display_name": "Bash",
+    "language": "bash",
+}
+
+
+def recipe_id() -> str:
+    """Changes when what the tree is built from changes: then it is rebuilt."""
+    h = hashlib.sha256(json.dumps([rootfs.BASE_PACKAGES, PYTHON_PACKAGES, WHEEL_TAGS]).encode())
+    return h.hexdigest()[:12]
+
+
+def is_built(dest: Path) -> bool:
+    try:
+        return (dest.parent / "recipe").read_text().strip() == recipe_id()
+    except OSError:
+        return False
+
+
+async def ensure(dest: Path, progress: rootfs.Progress) -> None:
+    """Built when missing or made from another recipe (minutes: see
+    docs/code-interpreter.md); else only the service and envd are copied in.
+    Servers sharing a templates directory (tests) build it once, in turn."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(dest.parent / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        if is_built(dest):
+            await asyncio.to_thread(install, dest)
+        else:
+            await build(dest, progress)
+    finally:
+        os.close(fd)
+
+
+async def build(dest: Path, progress: rootfs.Progress) -> None:
+    """Download the wheels, then build the tree into dest (atomically)."""
+    wheels = dest.parent / "wheels"
+    progress(f"{NAME}: downloading wheels on the host")
+    await download_wheels(wheels)
+    pip = ("python3 -m pip install --break-system-packages --no-index --no-cache-dir "
+           "--only-binary=:all: --disable-pip-version-check --find-links /tmp/sbx-wheels "
+           + " ".join(PYTHON_PACKAGES))
+    hooks = [
+        f'cp -a {shlex.quote(str(wheels))} "$1/tmp/sbx-wheels"',
+        # env -i: the host's PIP_* variables (its indexes) mean nothing inside.
+        f'chroot "$1" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root {pip}',
+        'rm -rf "$1/tmp/sbx-wheels"',
+        # matplotlib's font cache, built once here rather than by the first
+        # chart of every sandbox (seconds under gVisor).
+        'chroot "$1" runuser -u user -- env HOME=/home/user MPLBACKEND=Agg '
+        'python3 -c "import matplotlib.pyplot"',
+    ]
+    progress(f"{NAME}: building the tree with mmdebstrap (Debian 12 + Jupyter kernels)")
+    await rootfs.build_debian(dest, rootfs.BASE_PACKAGES, hooks, progress)
+    await asyncio.to_thread(install, dest)
+    (dest.parent / "recipe").write_text(recipe_id() + "\n")
+    await asyncio.to_thread(shutil.rmtree, wheels, True)
+    progress(f"{NAME} template ready")
+
+
+async def download_wheels(dest: Path) -> None:
+    tmp = dest.with_name(dest.name + ".part")
+    if tmp.exists():
+        await asyncio.to_thread(shutil.rmtree, tmp)
+    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+            "--only-binary=:all:", *WHEEL_TAGS, "-d", str(tmp), *PYTHON_PACKAGES]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise CommandError(tuple(argv), proc.returncode or 1, out.decode(errors="replace")[-3000:])
+    if dest.exists():
+        await asyncio.to_thread(shutil.rmtree, dest)
+    tmp.rename(dest)
+
+
+def install(root: Path) -> None:
+    """The interpreter service, its kernel extension, the Bash kernel's spec
+    and the run-time config; each server start, so an upgraded sbx brings
+    its service into the existing tree (files swapped in by rename)."""
+    rootfs.install_envd(root)
+    target = root / "opt/sbx"
+    staging = target / "interpreter.new"
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(INTERPRETER_SRC, staging, ignore=shutil.ignore_patterns("__pycache__"))
+    compileall.compile_dir(str(staging), quiet=1, workers=1)
+    live = target / "interpreter"
+    if live.exists():
+        shutil.rmtree(live)
+    staging.rename(live)
+    _write(target / "interpreter-launch.py", LAUNCHER)
+    site = next(iter(sorted(root.glob("usr/local/lib/python3*/dist-packages"))), None)
+    if site is None:
+        raise FileNotFoundError(f"{root}: no /usr/local/lib/python3*/dist-packages")
+    _write(site / "sbx_ipython.py", (INTERPRETER_SRC / "ipython_ext.py").read_text())
+    compileall.compile_file(str(site / "sbx_ipython.py"), quiet=1)
+    _write(root / "usr/local/share/jupyter/kernels/bash/kernel.json", json.dumps(BASH_KERNEL))
+    _write(root / "opt/sbx/template.json", json.dumps(RUN_CONFIG, indent=1))
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_text(text)
+    tmp.rename(path)

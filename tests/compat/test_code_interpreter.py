@@ -1,0 +1,83 @@
+"""The real `e2b-code-interpreter` SDK (Python), unchanged, against a real sbx
+server and its `code-interpreter-v1` template. One server for the module;
+the template is built once per machine into the shared template cache
+(minutes, the first time), and its snapshot holds the warm Python kernel.
+The SDK runs in an environment of its own (tests/compat/ci_driver.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.server import Server, free_subnet, leaks, mounts_of
+
+SDK = "e2b-code-interpreter==2.11.5"
+# The e2b release it is tested with (its dependency, pinned for repeatable runs).
+E2B = "e2b==2.64.0"
+VENVS = Path(os.environ.get("SBX_TEST_E2B_VENVS", "/var/cache/sbx-test/e2b-venvs"))
+DRIVER = Path(__file__).with_name("ci_driver.py")
+READY_LINE = "code-interpreter-v1 template ready in"
+BUILD_WAIT_S = 1500.0
+
+
+def sdk_python() -> Path:
+    venv = VENVS / "ci-2.11.5"
+    py = venv / "bin" / "python"
+    ok = venv / ".installed"
+    if not ok.exists():
+        subprocess.run(["/usr/bin/python3", "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", SDK, E2B], check=True)
+        ok.touch()
+    return py
+
+
+@pytest.fixture(scope="module")
+def ci_server() -> Iterator[Server]:
+    server = Server(Path(f"/var/tmp/sbx-test-{uuid.uuid4().hex[:8]}"), subnet=free_subnet(22),
+                    extra_env={"SBX_CODE_INTERPRETER": "1"})
+    try:
+        server.start()
+        end = time.monotonic() + BUILD_WAIT_S
+        while READY_LINE not in server.tail(1 << 20):
+            if "could not be made" in server.tail(1 << 20) or time.monotonic() > end:
+                raise RuntimeError(f"code-interpreter-v1 not ready:\n{server.tail()}")
+            time.sleep(1)
+        yield server
+    finally:
+        tag, data_dir = server.node_tag, server.data_dir
+        server.teardown()
+        assert leaks(tag) == {}, leaks(tag)
+        assert mounts_of(data_dir) == []
+
+
+def drive(server: Server, mode: str, timeout: float = 900) -> list[dict[str, object]]:
+    key = server.new_org(f"ci-{uuid.uuid4().hex[:10]}")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("E2B_")},
+        "E2B_API_URL": server.url, "E2B_SANDBOX_URL": server.url, "E2B_API_KEY": key,
+    }
+    res = subprocess.run([str(sdk_python()), str(DRIVER), mode], capture_output=True,
+                         text=True, env=env, timeout=timeout)
+    results = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert results, res.stderr[-3000:]
+    failed = [r for r in results if not r["ok"]]
+    assert failed == [], json.dumps(failed, indent=1)
+    return results
+
+
+CHECKS = {"run": 12, "contexts": 10, "async": 3, "limits": 4, "lifecycle": 3}
+
+
+@pytest.mark.parametrize("mode", ["run", "contexts", "async", "limits", "lifecycle"])
+def test_code_interpreter_sdk(ci_server: Server, mode: str) -> None:
+    results = drive(ci_server, mode)
+    # A driver that stopped early (a create that failed) ran fewer checks.
+    assert len(results) == CHECKS[mode], [r["check"] for r in results]
