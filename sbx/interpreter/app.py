@@ -41,6 +41,8 @@ class App:
         self.contexts = contexts
         self.ready = asyncio.Event()
         self._env_tokens: set[str] = set()
+        # Set by main: drop connections and listen anew (before a snapshot).
+        self.relisten: Callable[[tuple[str, int] | None], Awaitable[None]] | None = None
 
     async def warm(self) -> None:
         """The default Python context started and warm; then /health says
@@ -64,6 +66,15 @@ class App:
         if path == "/health":
             ok = self.ready.is_set()
             await send_json(send, 200 if ok else 503, {"status": "ok" if ok else "starting"})
+        elif path == "/snapshot/prepare" and method == "POST":
+            client = scope.get("client")
+            # From inside the sandbox only (envd's prepare command): it drops
+            # every client's connection, running cells included.
+            if not client or client[0] != "127.0.0.1":
+                raise HTTPError(403, "only from inside the sandbox")
+            if self.relisten is not None:
+                await self.relisten((client[0], client[1]))
+            await send_json(send, 200, {})
         elif path == "/execute" and method == "POST":
             await self.execute(scope, receive, send)
         elif path == "/contexts" and method == "POST":

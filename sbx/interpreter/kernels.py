@@ -27,10 +27,12 @@ from . import outputs
 
 log = logging.getLogger("interpreter.kernels")
 
-# Language → kernel spec name. "js"/"ts" are what E2B's own service also
-# accepts; languages without a kernel in the image are refused.
-KERNELS = {"python": "python3", "bash": "bash"}
-ALIASES = {"python3": "python", "sh": "bash", "shell": "bash"}
+# Language → kernel spec name; languages without a kernel in the image
+# (R, Java) are refused.
+KERNELS = {"python": "python3", "bash": "bash", "javascript": "javascript",
+           "typescript": "typescript"}
+ALIASES = {"python3": "python", "sh": "bash", "shell": "bash", "js": "javascript",
+           "ts": "typescript", "node": "javascript"}
 DEFAULT_LANGUAGE = "python"
 DEFAULT_CWD = os.environ.get("SBX_INTERPRETER_CWD", "/home/user")
 # What one cell may send of stdout and stderr together; past it the rest is
@@ -314,9 +316,17 @@ def died_error() -> dict[str, Any]:
 
 
 def set_env_code(language: str, env: dict[str, str], keep: bool = False) -> str:
+    """Code that sets env in the kernel's process; unless keep, the old
+    values are saved for restore_env_code."""
+    values = json.dumps(env)
     if language == "python":
         fn = "set_sandbox_env" if keep else "set_cell_env"
-        return f"__import__({PYTHON_EXTENSION!r}).{fn}({json.dumps(env)})"
+        return f"__import__({PYTHON_EXTENSION!r}).{fn}({values})"
+    if language in ("javascript", "typescript"):
+        save = "" if keep else (
+            f"globalThis.__sbx_env = Object.fromEntries(Object.keys({values})"
+            ".map((k) => [k, process.env[k]]));\n")
+        return f"{save}Object.assign(process.env, {values}); undefined"
     lines = [] if keep else [f"__sbx_saved_env=$(declare -p {' '.join(env)} 2>/dev/null)"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items() if k.isidentifier()]
     return "\n".join(lines)
@@ -325,5 +335,9 @@ def set_env_code(language: str, env: dict[str, str], keep: bool = False) -> str:
 def restore_env_code(language: str, names: list[str]) -> str:
     if language == "python":
         return f"__import__({PYTHON_EXTENSION!r}).restore_cell_env()"
+    if language in ("javascript", "typescript"):
+        return ("for (const [k, v] of Object.entries(globalThis.__sbx_env || {})) {\n"
+                "  if (v === undefined) delete process.env[k]; else process.env[k] = v;\n"
+                "}\ndelete globalThis.__sbx_env; undefined")
     return (f"unset {' '.join(n for n in names if n.isidentifier())}\n"
             'eval "$__sbx_saved_env"; unset __sbx_saved_env')

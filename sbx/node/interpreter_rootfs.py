@@ -1,7 +1,8 @@
 """The root filesystem of `code-interpreter-v1`, the template E2B's Code
 Interpreter SDKs create by default: Debian 12 as `base`, plus Jupyter
-kernels (Python 3 with the usual data packages, Bash) and sbx's interpreter
-service (sbx/interpreter) as its start command.
+kernels (Python 3 with the usual data packages, Bash, JavaScript and
+TypeScript on Debian's Node.js) and sbx's interpreter service
+(sbx/interpreter) as its start command.
 
 The wheels are downloaded on the host (`pip download`, with the host's pip
 configuration: its indexes and constraints), binary wheels only, so that no
@@ -20,6 +21,7 @@ import os
 import shlex
 import shutil
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,10 @@ from sbx.node import rootfs
 from sbx.node.proc import CommandError
 
 NAME = "code-interpreter-v1"
+# Debian's Node.js runs the JavaScript and TypeScript kernels (js_kernel.py).
+PACKAGES = [*rootfs.BASE_PACKAGES, "nodejs"]
+# Transpiles TypeScript cells; from npm on the host like the wheels.
+NPM_PACKAGES = ["typescript@5"]
 PYTHON_PACKAGES = [
     "ipykernel", "jupyter_client", "uvicorn", "bash_kernel",
     "numpy", "pandas", "matplotlib", "scipy", "scikit-learn", "seaborn",
@@ -46,6 +52,7 @@ PORT = 49999
 LAUNCHER = f"""\
 import runpy
 import sys
+import tarfile
 
 sys.path.insert(0, "/opt/sbx")
 sys.argv = ["interpreter", "--port", "{PORT}"]
@@ -62,17 +69,23 @@ RUN_CONFIG: dict[str, Any] = {
     # snapshot is taken after it, so sandboxes start with a warm kernel.
     "ready_cmd": f"curl -sf http://127.0.0.1:{PORT}/health",
     "ready_timeout_s": READY_TIMEOUT_S,
+    # Before a checkpoint the service closes its connections and listens
+    # on a fresh socket (gVisor restores a used listener deaf).
+    "prepare_cmd": f"curl -sf -X POST http://127.0.0.1:{PORT}/snapshot/prepare",
 }
-BASH_KERNEL = {
-    "argv": ["/usr/bin/python3", "-m", "bash_kernel", "-f", "{connection_file}"],
-    "display_name": "Bash",
-    "language": "bash",
+JS_KERNEL = ["/usr/bin/python3", "/opt/sbx/interpreter/js_kernel.py", "-f", "{connection_file}"]
+KERNEL_SPECS = {
+    "bash": {"argv": ["/usr/bin/python3", "-m", "bash_kernel", "-f", "{connection_file}"],
+             "display_name": "Bash", "language": "bash"},
+    "javascript": {"argv": JS_KERNEL, "display_name": "JavaScript", "language": "javascript"},
+    "typescript": {"argv": [*JS_KERNEL, "--typescript"], "display_name": "TypeScript",
+                   "language": "typescript"},
 }
 
 
 def recipe_id() -> str:
     """Changes when what the tree is built from changes: then it is rebuilt."""
-    h = hashlib.sha256(json.dumps([rootfs.BASE_PACKAGES, PYTHON_PACKAGES, WHEEL_TAGS]).encode())
+    h = hashlib.sha256(json.dumps([PACKAGES, PYTHON_PACKAGES, WHEEL_TAGS, NPM_PACKAGES]).encode())
     return h.hexdigest()[:12]
 
 
@@ -102,8 +115,9 @@ async def ensure(dest: Path, progress: rootfs.Progress) -> None:
 async def build(dest: Path, progress: rootfs.Progress) -> None:
     """Download the wheels, then build the tree into dest (atomically)."""
     wheels = dest.parent / "wheels"
-    progress(f"{NAME}: downloading wheels on the host")
+    progress(f"{NAME}: downloading wheels and npm packages on the host")
     await download_wheels(wheels)
+    await _run(["npm", "pack", "--silent", "--pack-destination", str(wheels), *NPM_PACKAGES])
     pip = ("python3 -m pip install --break-system-packages --no-index --no-cache-dir "
            "--only-binary=:all: --disable-pip-version-check --find-links /tmp/sbx-wheels "
            + " ".join(PYTHON_PACKAGES))
@@ -118,7 +132,9 @@ async def build(dest: Path, progress: rootfs.Progress) -> None:
         'python3 -c "import matplotlib.pyplot"',
     ]
     progress(f"{NAME}: building the tree with mmdebstrap (Debian 12 + Jupyter kernels)")
-    await rootfs.build_debian(dest, rootfs.BASE_PACKAGES, hooks, progress)
+    await rootfs.build_debian(dest, PACKAGES, hooks, progress)
+    # Hooks ran before the rename: the tree is dest now.
+    await asyncio.to_thread(_unpack_npm, wheels, dest / "opt/sbx/node_modules")
     await asyncio.to_thread(install, dest)
     (dest.parent / "recipe").write_text(recipe_id() + "\n")
     await asyncio.to_thread(shutil.rmtree, wheels, True)
@@ -129,17 +145,36 @@ async def download_wheels(dest: Path) -> None:
     tmp = dest.with_name(dest.name + ".part")
     if tmp.exists():
         await asyncio.to_thread(shutil.rmtree, tmp)
-    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-            "--only-binary=:all:", *WHEEL_TAGS, "-d", str(tmp), *PYTHON_PACKAGES]
+    await _run([sys.executable, "-m", "pip", "download", "--quiet",
+                "--disable-pip-version-check", "--only-binary=:all:", *WHEEL_TAGS,
+                "-d", str(tmp), *PYTHON_PACKAGES])
+    if dest.exists():
+        await asyncio.to_thread(shutil.rmtree, dest)
+    tmp.rename(dest)
+
+
+async def _run(argv: list[str]) -> None:
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT)
     out, _ = await proc.communicate()
     if proc.returncode != 0:
         raise CommandError(tuple(argv), proc.returncode or 1, out.decode(errors="replace")[-3000:])
-    if dest.exists():
-        await asyncio.to_thread(shutil.rmtree, dest)
-    tmp.rename(dest)
+
+
+def _unpack_npm(wheels: Path, node_modules: Path) -> None:
+    """Each npm tarball (its files under package/) as node_modules/NAME."""
+    for tgz in sorted(wheels.glob("*.tgz")):
+        name = tgz.name.rsplit("-", 1)[0]
+        dest = node_modules / name
+        staging = node_modules / f".{name}.new"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        with tarfile.open(tgz) as tar:
+            tar.extractall(staging, filter="data")
+        shutil.rmtree(dest, ignore_errors=True)
+        (staging / "package").rename(dest)
+        shutil.rmtree(staging)
 
 
 def install(root: Path) -> None:
@@ -163,7 +198,8 @@ def install(root: Path) -> None:
         raise FileNotFoundError(f"{root}: no /usr/local/lib/python3*/dist-packages")
     _write(site / "sbx_ipython.py", (INTERPRETER_SRC / "ipython_ext.py").read_text())
     compileall.compile_file(str(site / "sbx_ipython.py"), quiet=1)
-    _write(root / "usr/local/share/jupyter/kernels/bash/kernel.json", json.dumps(BASH_KERNEL))
+    for name, spec in KERNEL_SPECS.items():
+        _write(root / f"usr/local/share/jupyter/kernels/{name}/kernel.json", json.dumps(spec))
     _write(root / "opt/sbx/template.json", json.dumps(RUN_CONFIG, indent=1))
 
 
