@@ -117,8 +117,12 @@ async def build(dest: Path, progress: rootfs.Progress) -> None:
     wheels = dest.parent / "wheels"
     progress(f"{NAME}: downloading wheels and npm packages on the host")
     await download_wheels(wheels)
-    await _run(["npm", "pack", "--silent", "--pack-destination", str(wheels), *NPM_PACKAGES])
+    if shutil.which("npm"):
+        await _run(["npm", "pack", "--silent", "--pack-destination", str(wheels), *NPM_PACKAGES])
+    else:
+        progress(f"{NAME}: no npm on this host: TypeScript cells will not run")
     pip = ("python3 -m pip install --break-system-packages --no-index --no-cache-dir "
+           "--no-warn-script-location "
            "--only-binary=:all: --disable-pip-version-check --find-links /tmp/sbx-wheels "
            + " ".join(PYTHON_PACKAGES))
     hooks = [
