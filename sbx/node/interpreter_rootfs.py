@@ -175,7 +175,13 @@ def _unpack_npm(wheels: Path, node_modules: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         with tarfile.open(tgz) as tar:
-            tar.extractall(staging, filter="data")
+            # Files and directories only, each inside staging (Python 3.11.2
+            # has no extraction filters).
+            members = [m for m in tar.getmembers() if (m.isfile() or m.isdir())
+                       and not m.name.startswith("/") and ".." not in m.name.split("/")]
+            for m in members:
+                m.mode = (m.mode & 0o755) | 0o644 if m.isfile() else 0o755
+            tar.extractall(staging, members=members)
         shutil.rmtree(dest, ignore_errors=True)
         (staging / "package").rename(dest)
         shutil.rmtree(staging)
