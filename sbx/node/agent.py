@@ -837,7 +837,9 @@ def _fingerprint(runsc: str) -> str:
     """Short hash of the code inside template snapshots (envd, the code
     interpreter service) and the runsc binary's version."""
     h = hashlib.sha256()
-    for path in [*sorted(ENVD_SRC.glob("*.py")), *sorted(INTERPRETER_SRC.glob("*.py"))]:
+    code = [*sorted(ENVD_SRC.glob("*.py")), *sorted(INTERPRETER_SRC.glob("*.py")),
+            *sorted(INTERPRETER_SRC.glob("*.js"))]
+    for path in code:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     try:

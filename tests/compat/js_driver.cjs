@@ -71,11 +71,11 @@ async function interpreterChecks() {
       return ex.text;
     });
     await check('language js: state, console, await, errors', async () => {
-      let ex = await sbx.runCode("const a = 20; console.log('hi'); a * 2", { language: 'js' });
+      let ex = await sbx.runCode("const a = 21; console.log('hi'); a * 2", { language: 'js' });
       expect(ex.text === '42' && ex.logs.stdout.join('') === 'hi\n', ex);
       ex = await sbx.runCode('await new Promise((r) => setTimeout(() => r(a + 1), 50))',
         { language: 'js' });
-      expect(ex.text === '21', ex.text);
+      expect(ex.text === '22', ex.text);
       ex = await sbx.runCode("throw new RangeError('nope')", { language: 'js' });
       expect(ex.error && ex.error.name === 'RangeError' && ex.error.value === 'nope', ex.error);
       ex = await sbx.runCode('process.env.CELL', { language: 'js', envs: { CELL: 'j' } });
