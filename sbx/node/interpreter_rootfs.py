@@ -52,7 +52,6 @@ PORT = 49999
 LAUNCHER = f"""\
 import runpy
 import sys
-import tarfile
 
 sys.path.insert(0, "/opt/sbx")
 sys.argv = ["interpreter", "--port", "{PORT}"]
@@ -188,8 +187,8 @@ def _unpack_npm(wheels: Path, node_modules: Path) -> None:
 
 
 def install(root: Path) -> None:
-    """The interpreter service, its kernel extension, the Bash kernel's spec
-    and the run-time config; each server start, so an upgraded sbx brings
+    """The interpreter service, its IPython extension, the kernel specs and
+    the run-time config; each server start, so an upgraded sbx brings
     its service into the existing tree (files swapped in by rename)."""
     rootfs.install_envd(root)
     target = root / "opt/sbx"
