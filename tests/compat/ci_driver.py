@@ -305,9 +305,11 @@ def lifecycle_checks() -> None:
     try:
         other = sb.create_code_context(language="python")
         bash = sb.create_code_context(language="bash")
+        js = sb.create_code_context(language="javascript")
         sb.run_code("import json, math\nn = 0\nf = open('/home/user/log.txt', 'w')")
         sb.run_code("m = 100", context=other)
         sb.run_code("COUNT=0", context=bash)
+        sb.run_code("const os = require('os'); let k = 0", context=js)
 
         def cycles() -> str:
             times = []
@@ -323,6 +325,8 @@ def lifecycle_checks() -> None:
                 expect(ex.text == str(101 + i), (i, ex))
                 ex = again.run_code("COUNT=$((COUNT+1)); echo $COUNT", context=bash)
                 expect(ex.logs.stdout == [f"{i + 1}\n"], (i, ex.logs))
+                ex = again.run_code("k += 1; [k, typeof os.cpus]", context=js)
+                expect(ex.text == f"[ {i + 1}, 'function' ]", (i, ex.text, ex.error))
             content = sb.files.read("/home/user/log.txt")
             expect(content == "".join(f"{i}\n" for i in range(PAUSE_CYCLES)), content)
             times.sort()
