@@ -70,6 +70,8 @@ class JSKernel(Kernel):  # type: ignore[misc]
     implementation_version = "1"
     banner = "JavaScript (Node.js) for sbx"
     typescript = False
+    # The cell being run is silent (the service's own env-setting cells).
+    _silent = False
 
     @property
     def language_info(self) -> dict[str, str]:  # type: ignore[override]
@@ -100,8 +102,6 @@ class JSKernel(Kernel):  # type: ignore[misc]
     def stream(self, name: str, text: str) -> None:
         if not self._silent:
             self.send_response(self.iopub_socket, "stream", {"name": name, "text": text})
-
-    _silent = False
 
     def do_execute(self, code: str, silent: bool, store_history: bool = True,
                    user_expressions: Any = None, allow_stdin: bool = False,

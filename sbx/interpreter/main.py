@@ -43,11 +43,19 @@ async def serve(host: str, port: int) -> None:
     server = uvicorn.Server(config)
     app.relisten = lambda keep: relisten(server, keep)
     warm = asyncio.create_task(app.warm())
+    # Never ready then (the template's build says so): the reason is logged.
+    warm.add_done_callback(_log_failure)
     try:
         await server.serve()
     finally:
         warm.cancel()
         await contexts.close()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        logging.getLogger("interpreter").error("warming the default context failed",
+                                               exc_info=error)
 
 
 def main() -> None:
