@@ -27,10 +27,10 @@ from . import outputs
 
 log = logging.getLogger("interpreter.kernels")
 
-# Language → kernel spec name; languages without a kernel in the image
-# (R, Java) are refused.
+# Language → kernel spec name ("ir": Debian's IRkernel); languages without a
+# kernel in the image (Java) are refused.
 KERNELS = {"python": "python3", "bash": "bash", "javascript": "javascript",
-           "typescript": "typescript"}
+           "typescript": "typescript", "r": "ir"}
 ALIASES = {"python3": "python", "sh": "bash", "shell": "bash", "js": "javascript",
            "ts": "typescript", "node": "javascript"}
 DEFAULT_LANGUAGE = "python"
@@ -322,6 +322,11 @@ def set_env_code(language: str, env: dict[str, str], keep: bool = False) -> str:
     if language == "python":
         fn = "set_sandbox_env" if keep else "set_cell_env"
         return f"__import__({PYTHON_EXTENSION!r}).{fn}({values})"
+    if language == "r":
+        names = ", ".join(json.dumps(k) for k in env)
+        args = ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in env.items())
+        save = "" if keep else f".sbx_env <- Sys.getenv(c({names}), unset = NA)\n"
+        return f"{save}invisible(do.call(Sys.setenv, list({args})))"
     if language in ("javascript", "typescript"):
         save = "" if keep else (
             f"globalThis.__sbx_env = Object.fromEntries(Object.keys({values})"
@@ -335,6 +340,10 @@ def set_env_code(language: str, env: dict[str, str], keep: bool = False) -> str:
 def restore_env_code(language: str, names: list[str]) -> str:
     if language == "python":
         return f"__import__({PYTHON_EXTENSION!r}).restore_cell_env()"
+    if language == "r":
+        return ("for (k in names(.sbx_env)) if (is.na(.sbx_env[[k]])) Sys.unsetenv(k) "
+                "else do.call(Sys.setenv, setNames(list(.sbx_env[[k]]), k))\n"
+                "rm(.sbx_env)")
     if language in ("javascript", "typescript"):
         return ("for (const [k, v] of Object.entries(globalThis.__sbx_env || {})) {\n"
                 "  if (v === undefined) delete process.env[k]; else process.env[k] = v;\n"

@@ -1,7 +1,7 @@
 """The root filesystem of `code-interpreter-v1`, the template E2B's Code
 Interpreter SDKs create by default: Debian 12 as `base`, plus Jupyter
 kernels (Python 3 with the usual data packages, Bash, JavaScript and
-TypeScript on Debian's Node.js) and sbx's interpreter service
+TypeScript on Debian's Node.js, R) and sbx's interpreter service
 (sbx/interpreter) as its start command.
 
 The wheels are downloaded on the host (`pip download`, with the host's pip
@@ -29,8 +29,9 @@ from sbx.node import rootfs
 from sbx.node.proc import CommandError
 
 NAME = "code-interpreter-v1"
-# Debian's Node.js runs the JavaScript and TypeScript kernels (js_kernel.py).
-PACKAGES = [*rootfs.BASE_PACKAGES, "nodejs"]
+# Debian's Node.js runs the JavaScript and TypeScript kernels (js_kernel.py);
+# Debian's IRkernel is R's kernel (with R: ~150 MiB of the image).
+PACKAGES = [*rootfs.BASE_PACKAGES, "nodejs", "r-cran-irkernel"]
 # Transpiles TypeScript cells; from npm on the host like the wheels.
 NPM_PACKAGES = ["typescript@5"]
 PYTHON_PACKAGES = [

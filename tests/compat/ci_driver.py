@@ -189,6 +189,19 @@ def run_checks() -> None:
             return "".join(ex.logs.stdout)
         record("language=bash", bash)
 
+        def r_lang() -> str:
+            ex = sb.run_code("x <- c(1, 2, 3)\ncat(Sys.getenv('CELL_VAR'), '\\n')\nsum(x) * 2",
+                             language="r", envs={"CELL_VAR": "r-env"})
+            # IRkernel shows a cell's value as a display, not as its result.
+            expect(ex.error is None and [r.text for r in ex.results] == ["[1] 12"], ex)
+            expect(ex.logs.stdout == ["r-env \n"], ex.logs)
+            ex = sb.run_code("mean(x)", language="r")
+            expect([r.text for r in ex.results] == ["[1] 2"], ex)
+            ex = sb.run_code("stop('bad input')", language="r")
+            expect(ex.error is not None and "bad input" in ex.error.value, ex.error)
+            return "R"
+        record("language=r: state, env vars, errors", r_lang)
+
         def timeout() -> str:
             t0 = time.monotonic()
             try:

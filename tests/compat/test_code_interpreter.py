@@ -89,7 +89,7 @@ def drive(server: Server, argv: list[str], timeout: float = 900,
     return results
 
 
-CHECKS = {"run": 12, "contexts": 10, "async": 3, "limits": 4, "lifecycle": 4}
+CHECKS = {"run": 13, "contexts": 10, "async": 3, "limits": 4, "lifecycle": 4}
 
 
 @pytest.mark.parametrize("mode", ["run", "contexts", "async", "limits", "lifecycle"])
