@@ -30,7 +30,7 @@ from sbx.node.proc import CommandError
 
 NAME = "code-interpreter-v1"
 # Debian's Node.js runs the JavaScript and TypeScript kernels (js_kernel.py);
-# Debian's IRkernel is R's kernel (with R: ~150 MiB of the image).
+# Debian's IRkernel is R's kernel (R took the tree from 1.1 to 1.2 GiB).
 PACKAGES = [*rootfs.BASE_PACKAGES, "nodejs", "r-cran-irkernel"]
 # Transpiles TypeScript cells; from npm on the host like the wheels.
 NPM_PACKAGES = ["typescript@5"]
