@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import compileall
-import fcntl
 import hashlib
 import json
-import os
 import shlex
 import shutil
 import sys
@@ -101,15 +99,14 @@ async def ensure(dest: Path, progress: rootfs.Progress) -> None:
     docs/code-interpreter.md); else only the service and envd are copied in.
     Servers sharing a templates directory (tests) build it once, in turn."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(dest.parent / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    lock = await asyncio.to_thread(rootfs.locked, dest.parent / ".lock")
     try:
-        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
         if is_built(dest):
             await asyncio.to_thread(install, dest)
         else:
             await build(dest, progress)
     finally:
-        os.close(fd)
+        lock.close()
 
 
 async def build(dest: Path, progress: rootfs.Progress) -> None:

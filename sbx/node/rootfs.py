@@ -101,7 +101,7 @@ async def ensure_base(path: Path, progress: Progress) -> None:
     processes may share path (a cluster's nodes on one templates dir): one
     at a time, under a lock file beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = await asyncio.to_thread(_locked, path.parent / ".base.lock")
+    lock = await asyncio.to_thread(locked, path.parent / ".base.lock")
     try:
         if not (path / "usr/bin/python3").exists():
             await build_base(path, progress)
@@ -112,7 +112,7 @@ async def ensure_base(path: Path, progress: Progress) -> None:
         lock.close()
 
 
-def _locked(path: Path) -> IO[bytes]:
+def locked(path: Path) -> IO[bytes]:
     """path opened and exclusively locked (blocking: call it in a thread);
     closing it lets go."""
     f = open(path, "ab")  # noqa: SIM115 - the caller closes it
