@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     # Warm pool of the base template: sandboxes kept restored and idle per
     # size ("<vcpu>x<memory_mib>": count), claimed by creates of that size.
     warm_pool: dict[str, int] = Field(default_factory=lambda: {"1x512": 1})
+    # The `code-interpreter-v1` template (E2B's Code Interpreter SDKs'
+    # default): built after `base` on first start (minutes), then its
+    # snapshot of 2 vCPU / 1024 MiB with the Python kernel warm.
+    code_interpreter: bool = True
     # Bound on the pool's memory (its members' memory_mib plus headroom).
     warm_pool_max_mib: int = 4096
     timeout_check_interval_s: float = 1.0

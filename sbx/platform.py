@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +29,7 @@ from sbx.core.fleet import Fleet, OneNode
 from sbx.core.pool import WarmPool
 from sbx.core.sandboxes import SandboxService
 from sbx.core.template_builds import TemplateBuilds
+from sbx.node import interpreter_rootfs
 from sbx.node.agent import NodeAgent
 from sbx.store import audit as audit_repo
 from sbx.store import leases, repo
@@ -149,8 +151,30 @@ class Platform:
         if self.settings.prewarm_snapshots:
             vcpu, _, memory = self.settings.prewarm_snapshots[0].partition("x")
             await self.agent.want_spares(Path(base.rootfs), int(vcpu), int(memory), base.disk_mib)
+        if self.settings.code_interpreter:
+            await self._prepare_code_interpreter(self.agent)
         # Then the warm pool, restored from those snapshots; it runs on.
         await self.pool.run()
+
+    async def _prepare_code_interpreter(self, agent: NodeAgent) -> None:
+        """The template and its snapshot of its own size (`sbx server` only:
+        a cluster's nodes do not build it yet). A failure leaves the server
+        serving every other template (creates of this one say it is
+        unknown); the reason is logged."""
+        t0 = time.monotonic()
+        path = self.settings.templates_dir / templates.CODE_INTERPRETER / "rootfs"
+        try:
+            await interpreter_rootfs.ensure(path, self.progress)
+            # Its disk holds the kernels' packages beside the user's files.
+            tpl = await templates.register_built_in(
+                self.db, templates.CODE_INTERPRETER, path,
+                max(self.settings.default_disk_mib, 4096), interpreter_rootfs.RUN_CONFIG)
+            await agent.prepare_template(path, tpl.vcpu, tpl.memory_mib,
+                                         ready_s=interpreter_rootfs.READY_TIMEOUT_S)
+        except Exception:
+            log.exception("the %s template could not be made", templates.CODE_INTERPRETER)
+            return
+        log.info("%s template ready in %.1f s", templates.CODE_INTERPRETER, time.monotonic() - t0)
 
     async def meter(self) -> None:
         """Charge what ran since the last pass, then act on empty wallets."""

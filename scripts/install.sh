@@ -10,7 +10,7 @@ log() { printf '[sbx-install] %s\n' "$*" >&2; }
 need_apt=()
 for pair in nft:nftables ip:iproute2 mmdebstrap:mmdebstrap mkfs.ext4:e2fsprogs \
             unshare:util-linux nsenter:util-linux sqlite3:sqlite3 curl:curl \
-            systemd-analyze:systemd; do
+            systemd-analyze:systemd node:nodejs; do
   cmd="${pair%%:*}"; pkg="${pair#*:}"
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -71,6 +71,12 @@ if ! runsc_ok || ! kubectl_ok || [ ${#need_apt[@]} -gt 0 ]; then
     log "installing kubectl (kubernetes-client) from Debian 13"
     apt-get install -y -qq -t trixie kubernetes-client >/dev/null
   fi
+fi
+# Debian's nodejs comes without npm (another source's may bring its own):
+# the JavaScript SDK tests install their packages with it.
+if ! command -v npm >/dev/null 2>&1; then
+  log "installing npm"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
 fi
 
 if [ ! -x "$venv/bin/python" ]; then

@@ -42,7 +42,7 @@ from sbx.core.errors import (
     NotSupported,
 )
 from sbx.core.fleet import Fleet, Shape
-from sbx.core.templates import BASE, template_id
+from sbx.core.templates import BASE, BUILT_IN, template_id
 from sbx.shared.lifecycle import LIVE
 from sbx.shared.policy import NetworkPolicy, default_policy
 from sbx.store import repo
@@ -56,7 +56,7 @@ from sbx.templates_build.layers import LayerStore
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-RESERVED_NAMES = frozenset({BASE})
+RESERVED_NAMES = BUILT_IN
 FINAL = frozenset({"ready", "failed", "cancelled", "retired"})
 
 
@@ -134,7 +134,7 @@ class TemplateBuilds:
             raise InvalidRequest([FieldError(
                 "name", "a template name is 1-63 of a-z, 0-9 and '-', not starting with '-'")])
         if req.name in RESERVED_NAMES:
-            raise InvalidRequest([FieldError("name", f"{req.name!r} is the built-in template")])
+            raise InvalidRequest([FieldError("name", f"{req.name!r} is a built-in template")])
         if req.public and not caller.is_admin:
             raise Forbidden("public templates need an admin key")
         if self.builder is None:
@@ -389,7 +389,7 @@ class TemplateBuilds:
     async def delete(self, caller: KeyAuth, name: str) -> None:
         """Refused while a sandbox (paused ones too) or a build uses it."""
         if name in RESERVED_NAMES:
-            raise Forbidden(f"{name!r} is the built-in template")
+            raise Forbidden(f"{name!r} is a built-in template")
         async with self._name_locks[name], self.db.transaction() as s:
             await repo.write_lock(s, f"template:{name}")
             tpl = await self.visible(s, caller, name)

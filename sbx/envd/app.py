@@ -84,7 +84,9 @@ class App:
             await resp.send_json(200, self._metrics(), NO_STORE)
         elif path == "/snapshot/prepare" and req.method == "POST":
             # The host is about to checkpoint the sandbox: every other
-            # connection ends and envd listens on a fresh socket.
+            # connection ends and envd listens on a fresh socket (the
+            # template's start command too, through its prepare command).
+            await self.start_cmd.before_snapshot()
             if self.relisten is not None:
                 await self.relisten(req.conn.writer)
             resp.keep_alive = False

@@ -172,6 +172,21 @@ class StartCommand:
             if probe is not None:
                 probe.cancel()
 
+    # --- snapshots ---------------------------------------------------------
+
+    async def before_snapshot(self) -> None:
+        """The template's prepare command, when it has one and the start
+        command runs: gVisor (2024-07) restores a listening socket that had
+        accepted connections deaf to new ones, and connections held across
+        a checkpoint are reset; a server started by the template must drop
+        them and listen anew, as envd does, before the image is taken."""
+        template = self._state.template
+        if template is None or template.prepare_cmd is None or self._task is None:
+            return
+        code = await self._probe_once(template.prepare_cmd, template)
+        if code != 0:
+            log.warning("prepare command exited %s before a snapshot", code)
+
     # --- readiness ---------------------------------------------------------
 
     async def _probe(self, ready_cmd: str, template: TemplateConfig) -> None:

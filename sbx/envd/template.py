@@ -42,6 +42,9 @@ class TemplateConfig:
     start_cmd: list[str] | None = None
     ready_cmd: str | None = None
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
+    # Run (and waited for) before each checkpoint: a start command that
+    # serves connections drops them and listens anew (see StartCommand).
+    prepare_cmd: str | None = None
 
 
 def _opt_str(obj: dict[str, Any], key: str) -> str | None:
@@ -94,6 +97,7 @@ def parse(data: bytes) -> TemplateConfig:
         raise TemplateError("start_cmd must be a list of strings (argv) or null")
 
     ready_cmd = _opt_str(obj, "ready_cmd")
+    prepare_cmd = _opt_str(obj, "prepare_cmd")
 
     timeout = obj.get("ready_timeout_s")
     if timeout is None:
@@ -113,6 +117,7 @@ def parse(data: bytes) -> TemplateConfig:
         start_cmd=list(start_cmd) if start_cmd else None,
         ready_cmd=ready_cmd,
         ready_timeout_s=float(timeout),
+        prepare_cmd=prepare_cmd,
     )
 
 

@@ -24,6 +24,7 @@ from sbx.config import Settings
 from sbx.egress import trust
 from sbx.egress.service import EgressService, SandboxNet
 from sbx.node import disk, envd_probe, snapshots
+from sbx.node.interpreter_rootfs import INTERPRETER_SRC
 from sbx.node.network import firewall, netns
 from sbx.node.network.ipam import Addressing, AddressPool
 from sbx.node.orphans import OrphanReaper
@@ -844,9 +845,12 @@ def start_wait(rootfs: Path) -> float | None:
 
 
 def _fingerprint(runsc: str) -> str:
-    """Short hash of envd's code and the runsc binary's version."""
+    """Short hash of the code inside template snapshots (envd, the code
+    interpreter service) and the runsc binary's version."""
     h = hashlib.sha256()
-    for path in sorted(ENVD_SRC.glob("*.py")):
+    code = [*sorted(ENVD_SRC.glob("*.py")), *sorted(INTERPRETER_SRC.glob("*.py")),
+            *sorted(INTERPRETER_SRC.glob("*.js"))]
+    for path in code:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     try:

@@ -37,21 +37,30 @@ Progress = Callable[[str], None]
 async def build_base(dest: Path, progress: Progress) -> None:
     """Build the base rootfs into dest (atomically: a crash leaves no half
     tree at dest)."""
+    progress("building the base template (Debian 12) with mmdebstrap")
+    await build_debian(dest, BASE_PACKAGES, [], progress)
+    progress("base template ready")
+
+
+async def build_debian(dest: Path, packages: list[str], hooks: list[str],
+                       progress: Progress) -> None:
+    """A Debian 12 rootfs of packages with the user `user`, then hooks (shell,
+    "$1" the tree), configured for sbx, into dest (atomically)."""
     tmp = dest.with_name(dest.name + ".building")
     if tmp.exists():
         await asyncio.to_thread(shutil.rmtree, tmp)
     hooks = [
         'chroot "$1" useradd -m -s /bin/bash -u 1000 user',
         'echo "user ALL=(ALL:ALL) NOPASSWD: ALL" > "$1/etc/sudoers.d/user"',
+        *hooks,
         'rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*',
     ]
     argv = [
         "mmdebstrap", "--variant=minbase", "--mode=root", "--format=directory",
-        "--include=" + ",".join(BASE_PACKAGES),
+        "--include=" + ",".join(packages),
         *[f"--customize-hook={h}" for h in hooks],
         "bookworm", str(tmp),
     ]
-    progress("building the base template (Debian 12) with mmdebstrap")
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
@@ -84,7 +93,6 @@ async def build_base(dest: Path, progress: Progress) -> None:
     if dest.exists():
         await asyncio.to_thread(shutil.rmtree, dest)
     tmp.rename(dest)
-    progress("base template ready")
 
 
 async def ensure_base(path: Path, progress: Progress) -> None:
@@ -93,7 +101,7 @@ async def ensure_base(path: Path, progress: Progress) -> None:
     processes may share path (a cluster's nodes on one templates dir): one
     at a time, under a lock file beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = await asyncio.to_thread(_locked, path.parent / ".base.lock")
+    lock = await asyncio.to_thread(locked, path.parent / ".base.lock")
     try:
         if not (path / "usr/bin/python3").exists():
             await build_base(path, progress)
@@ -104,7 +112,7 @@ async def ensure_base(path: Path, progress: Progress) -> None:
         lock.close()
 
 
-def _locked(path: Path) -> IO[bytes]:
+def locked(path: Path) -> IO[bytes]:
     """path opened and exclusively locked (blocking: call it in a thread);
     closing it lets go."""
     f = open(path, "ab")  # noqa: SIM115 - the caller closes it

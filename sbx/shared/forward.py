@@ -5,6 +5,8 @@ and a node forwards it on to its sandbox, with this one piece."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -45,11 +47,42 @@ async def forward(scope: Scope, receive: Receive, send: Send, client: httpx.Asyn
         out_headers = [(k.lower(), v) for k, v in resp.headers.raw if k.lower() not in HOP]
         await send({"type": "http.response.start", "status": resp.status_code,
                     "headers": out_headers})
-        async for chunk in resp.aiter_raw():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if isinstance(content, bytes):
+            await _relay_until_gone(resp, send, receive)
+        else:
+            await _relay(resp, send)
     finally:
+        # Closed before its end, the connection upstream is dropped (not
+        # pooled): the service inside sees its client leave.
         await resp.aclose()
+
+
+async def _relay(resp: httpx.Response, send: Send) -> None:
+    async for chunk in resp.aiter_raw():
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _relay_until_gone(resp: httpx.Response, send: Send, receive: Receive) -> None:
+    """Relay the answer, and stop as soon as the client disconnects, even
+    while the upstream sends nothing: a long-running call (a code cell) the
+    client gave up on must see its connection close, not run on unseen."""
+    relay = asyncio.create_task(_relay(resp, send))
+    gone = asyncio.create_task(_disconnected(receive))
+    try:
+        await asyncio.wait({relay, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not relay.done():
+            relay.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await relay
+
+
+async def _disconnected(receive: Receive) -> None:
+    # The request body was read whole: what is left to receive is the end.
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 class Pools:

@@ -114,9 +114,11 @@ def run_config(job: BuildJob) -> dict[str, Any]:
         argv = list(d.entrypoint or ()) + list(d.cmd or ())
         start: list[str] | None = argv or None
         ready = job.ready_cmd
+        prepare = None
     else:
         start = base.get("start_cmd")
         ready = job.ready_cmd if job.ready_cmd is not None else base.get("ready_cmd")
+        prepare = base.get("prepare_cmd")
     return {
         "version": 1,
         "env": env,
@@ -125,6 +127,7 @@ def run_config(job: BuildJob) -> dict[str, Any]:
         "start_cmd": start,
         "ready_cmd": ready,
         "ready_timeout_s": job.ready_timeout_s,
+        "prepare_cmd": prepare,
     }
 
 

@@ -108,6 +108,8 @@ class Server:
             "SBX_SPARE_RUNTIMES": "0",
             # The server and `sbx admin` alike.
             **({"SBX_DATABASE_URL": self.database_url} if self.database_url else {}),
+            # Built only for the code interpreter's tests (shared template cache).
+            "SBX_CODE_INTERPRETER": "0",
             **self.extra_env,
         }
 

@@ -368,3 +368,30 @@ def test_parse_accepts_and_normalises() -> None:
     empty = template.parse(json.dumps(config(
         env=None, workdir=None, user="", start_cmd=[], ready_cmd=None)).encode())
     assert empty == template.TemplateConfig()
+
+
+# --- snapshots -------------------------------------------------------------------
+
+
+def test_prepare_cmd_runs_before_snapshot_prepare_answers(template_envd: MakeTpl,
+                                                          open_dir: Path) -> None:
+    mark = open_dir / "prepared"
+    tpl = template_envd(config(
+        start_cmd=["sleep", "300"], prepare_cmd=f"sleep 0.3; echo done >> {mark}",
+        env={"PATH": "/usr/bin:/bin"}))
+    assert wait_until(lambda: start_cmd_pids(tpl.url) != [])
+    started = time.monotonic()
+    resp = httpx.post(tpl.url + "/snapshot/prepare", headers={"X-Access-Token": TOKEN})
+    assert resp.status_code == 204
+    # Waited for: the command had run when the answer came.
+    assert time.monotonic() - started >= 0.3
+    assert mark.read_text() == "done\n"
+
+
+def test_without_prepare_cmd_snapshot_prepare_runs_nothing(template_envd: MakeTpl) -> None:
+    tpl = template_envd(config(start_cmd=["sleep", "300"]))
+    assert wait_until(lambda: start_cmd_pids(tpl.url) != [])
+    resp = httpx.post(tpl.url + "/snapshot/prepare", headers={"X-Access-Token": TOKEN})
+    assert resp.status_code == 204
+    with Rpc(tpl.url, TOKEN) as rpc:
+        assert [p.get("tag") for p in proc_list(rpc).values()] == ["start_cmd"]
