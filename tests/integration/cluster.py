@@ -101,8 +101,10 @@ def _node(c: Cluster, name: str, token: str, snapshots: Path,
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     subnet = free_subnet(22)
+    # Each node on a loopback address of its own, standing in for a host.
+    address = f"127.0.0.{10 + len(c.nodes)}"
     proc = Proc([SBX, "node", "--control-plane", c.url, "--join-token", token,
-                 "--data-dir", str(data), "--subnet", subnet, "--listen", f"127.0.0.1:{port}",
+                 "--data-dir", str(data), "--subnet", subnet, "--listen", f"{address}:{port}",
                  "--node-id", name, "--snapshot-dir", str(snapshots), "--vcpu", "8",
                  "--memory-mib", "4096", "--disk-mib", "20000"],
                 data / "node.log", cluster_env(**(env or {})))

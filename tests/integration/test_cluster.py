@@ -6,6 +6,7 @@ the end and checked for leaks."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -13,7 +14,14 @@ import httpx
 import pytest
 
 from sbx import Sandbox
-from tests.integration.cluster import Cluster, healthy, running_cluster, wait_for
+from tests.integration.cluster import (
+    Cluster,
+    cluster_env,
+    healthy,
+    running_cluster,
+    wait_for,
+)
+from tests.integration.server import SBX
 from tests.postgres import Postgres
 
 pytestmark = pytest.mark.integration
@@ -149,3 +157,38 @@ def test_each_duty_runs_on_one_replica_and_a_timeout_fires_once(cluster: Cluster
     events = cluster.sql("SELECT from_state, to_state FROM sandbox_events WHERE sandbox_id = "
                          f"'{sid}' AND detail = 'timeout' ORDER BY id")
     assert events == [["running", "deleting"], ["deleting", "killed"]]
+
+
+def test_a_wrong_or_revoked_join_token_is_refused(cluster: Cluster) -> None:
+    body = {"node_id": "intruder", "url": "http://127.0.0.99:1", "subnet": "10.250.0.0/24",
+            "vcpu_total": 1, "memory_mib_total": 1024, "disk_mib_total": 1024}
+    wrong = httpx.post(f"{cluster.url}/internal/nodes/register", json=body, timeout=10,
+                       headers={"Authorization": "Bearer sbxjoin_nope.nothing"})
+    assert wrong.status_code == 401
+    token = subprocess.run([SBX, "admin", "node", "token", "--database-url",
+                            cluster.database_url], capture_output=True, text=True,
+                           check=True, env=cluster_env()).stdout.strip()
+    joined = httpx.post(f"{cluster.url}/internal/nodes/register", json=body, timeout=10,
+                        headers={"Authorization": f"Bearer {token}"})
+    assert joined.status_code == 200, joined.text
+    node_key = joined.json()["node_key"]
+    beat = httpx.post(f"{cluster.url}/internal/nodes/intruder/heartbeat", json={"info": {}},
+                      headers={"Authorization": f"Bearer {node_key}"}, timeout=10)
+    assert beat.status_code == 200
+    token_id = token.removeprefix("sbxjoin_").split(".")[0]
+    subprocess.run([SBX, "admin", "node", "revoke", token_id, "--database-url",
+                    cluster.database_url], check=True, capture_output=True, env=cluster_env())
+    refused = httpx.post(f"{cluster.url}/internal/nodes/intruder/heartbeat",
+                         json={"info": {}}, headers={"Authorization": f"Bearer {node_key}"},
+                         timeout=10)
+    assert refused.status_code == 403
+    again = httpx.post(f"{cluster.url}/internal/nodes/register", json=body, timeout=10,
+                       headers={"Authorization": f"Bearer {token}"})
+    assert again.status_code == 401
+    # Not a client of the control plane's: its calls to a node are refused.
+    some_node = cluster.admin_nodes()["na"]
+    forged = httpx.post(f"{some_node['address']}/node/v1/runtime_state",
+                        json={"sandbox_id": "sbx-x"}, headers={"Authorization": "Bearer " +
+                                                                node_key}, timeout=10)
+    assert forged.status_code == 401
+    cluster.sql("DELETE FROM nodes WHERE id = 'intruder'")
