@@ -59,16 +59,18 @@ def _read_pid(fd: int) -> int | None:
     return None
 
 
-def secure(data_dir: Path, deep: bool = True) -> None:
+def secure(data_dir: Path, deep: bool = True, sqlite: bool = True) -> None:
     """Make the data dir 0700 and its secret files 0600; with deep, also
-    every file of the secret trees (and their directories 0700). Blocking:
-    call before the event loop runs."""
+    every file of the secret trees (and their directories 0700); sqlite:
+    the store is the data dir's own SQLite file. Blocking: call before the
+    event loop runs."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
-    db = data_dir / "sbx.db"
-    # SQLite creates the WAL and shared-memory files with the database
-    # file's mode: a database made 0600 here keeps all three private.
-    os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    if sqlite:
+        # SQLite creates the WAL and shared-memory files with the database
+        # file's mode: a database made 0600 here keeps all three private.
+        db = data_dir / "sbx.db"
+        os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
     for name in _SECRET_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.chmod(data_dir / name, 0o600)

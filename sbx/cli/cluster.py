@@ -103,7 +103,8 @@ def node(control_plane: str, join_token: str, data_dir: Path | None, subnet: str
     # As for sbx server: a second agent on this data dir would rebuild the
     # node's nft table and remove the live one's spares; it stops here.
     hold_data_dir(settings.data_dir)
-    datadir.secure(settings.data_dir)
+    # (A node keeps no store of its own.)
+    datadir.secure(settings.data_dir, sqlite=False)
     _logging(log_level)
     opts = NodeOptions(node_id=node_id or _default_node_id(), control_plane=control_plane,
                        join_token=join_token, listen_host=host, listen_port=int(port),

@@ -50,7 +50,7 @@ def server(host: str | None, port: int | None, data_dir: Path | None, database_u
     # Before anything touches the host or the store: a second server on
     # this data dir, or on a taken port, stops here, harmless.
     hold_data_dir(settings.data_dir)
-    datadir.secure(settings.data_dir)
+    datadir.secure(settings.data_dir, sqlite=settings.database_url is None)
     sock = _bind(settings.host, settings.port)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -119,7 +119,7 @@ def in_db(data_dir: Path | None, database_url: str | None,
 
     # A data dir that an admin command makes first is private from the start
     # (the trees are the running server's, fixed at its start).
-    datadir.secure(settings.data_dir, deep=False)
+    datadir.secure(settings.data_dir, deep=False, sqlite=settings.database_url is None)
 
     async def go() -> T:
         db = Database(settings.db_url)
