@@ -16,7 +16,8 @@ from typing import Any
 import click
 
 from sbx import datadir
-from sbx.cli.params import hold_data_dir
+from sbx.cli.params import hold_data_dir, store_options
+from sbx.cli.server import in_db
 from sbx.config import Settings
 
 
@@ -118,46 +119,13 @@ def node(control_plane: str, join_token: str, data_dir: Path | None, subnet: str
         pass
 
 
-def _in_db(data_dir: Path | None, database_url: str | None, fn: Any) -> Any:
-    from sbx.store.db import Database
-
-    settings = _settings(data_dir=data_dir, database_url=database_url)
-
-    async def go() -> Any:
-        if settings.database_url is None:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.db_url)
-        await db.migrate()
-        try:
-            async with db.transaction() as s:
-                return await fn(s)
-        finally:
-            await db.close()
-
-    return asyncio.run(go())
-
-
-_db_options = [
-    click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-                 help="The control plane's data dir (its SQLite database)."),
-    click.option("--database-url", default=None, envvar="SBX_DATABASE_URL",
-                 help="The cluster's database URL (instead of the data dir's SQLite)."),
-]
-
-
-def _with_db(f: Any) -> Any:
-    for option in reversed(_db_options):
-        f = option(f)
-    return f
-
-
 @click.group("node")
 def node_admin() -> None:
     """A cluster's nodes: join tokens."""
 
 
 @node_admin.command("token")
-@_with_db
+@store_options
 def node_token(data_dir: Path | None, database_url: str | None) -> None:
     """Print a new join token (nodes present it to join)."""
     from sbx.core.cluster import issue_join_token
@@ -169,13 +137,13 @@ def node_token(data_dir: Path | None, database_url: str | None) -> None:
     async def add(s: Any) -> None:
         await node_repo.add_join_token(s, token_id, secret_hash, repo.now())
 
-    _in_db(data_dir, database_url, add)
+    in_db(data_dir, database_url, add)
     click.echo(token)
 
 
 @node_admin.command("revoke")
 @click.argument("token_id")
-@_with_db
+@store_options
 def node_revoke(token_id: str, data_dir: Path | None, database_url: str | None) -> None:
     """Revoke join token TOKEN_ID (the part after sbxjoin_, before the dot):
     the nodes it admitted are refused from their next call."""
@@ -185,6 +153,6 @@ def node_revoke(token_id: str, data_dir: Path | None, database_url: str | None) 
     async def revoke(s: Any) -> bool:
         return await node_repo.revoke_join_token(s, token_id, repo.now())
 
-    if not _in_db(data_dir, database_url, revoke):
+    if not in_db(data_dir, database_url, revoke):
         raise click.ClickException(f"no live join token {token_id}")
     click.echo(f"revoked {token_id}")

@@ -192,3 +192,21 @@ def test_a_wrong_or_revoked_join_token_is_refused(cluster: Cluster) -> None:
                                                                 node_key}, timeout=10)
     assert forged.status_code == 401
     cluster.sql("DELETE FROM nodes WHERE id = 'intruder'")
+
+
+def test_a_nodes_egress_audit_reaches_the_control_plane(cluster: Cluster) -> None:
+    created = httpx.post(f"{cluster.url}/sandboxes", timeout=60, headers={
+        "X-API-Key": cluster.key}, json={"template": "base", "network": {"mode": "deny-all"}})
+    assert created.status_code == 201, created.text
+    sid = created.json()["sandboxID"]
+    sb = Sandbox.connect(sid, api_url=cluster.url, api_key=cluster.key)
+    try:
+        sb.commands.run("getent hosts example.com || true")
+
+        def audited() -> bool:
+            got = httpx.get(f"{cluster.apis[1][0]}/sandboxes/{sid}/audit",
+                            headers={"X-API-Key": cluster.key}, timeout=10)
+            return any(e["decision"] == "deny" for e in got.json()["entries"])
+        wait_for("the node's audit event in the store", audited, 20, step=0.5)
+    finally:
+        sb.kill()

@@ -6,7 +6,6 @@ Errors are seed 002's `{"code", "message"}`."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
@@ -47,34 +46,11 @@ class Heartbeat(BaseModel):
     info: dict[str, Any] = Field(default_factory=dict)
 
 
-class AuditEventBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    sandbox_id: str
-    protocol: str
-    decision: str
-    rule: str
-    host: str | None = None
-    ip: str | None = None
-    port: int | None = None
-    method: str | None = None
-    path: str | None = None
-    status: int | None = None
-    bytes_up: int = 0
-    bytes_down: int = 0
-    at: datetime
-    findings: dict[str, Any] | None = None
-    guard_checks: int = 0
-    request_body: str | None = None
-    response_body: str | None = None
-    record: bool = True
-    retention_days: int = 30
-
-
 class AuditBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    events: Annotated[list[AuditEventBody], Field(max_length=5000)]
+    # The node's own events, validated as the shared dataclass they are.
+    events: Annotated[list[AuditEvent], Field(max_length=5000)]
 
 
 class Ok(BaseModel):
@@ -135,8 +111,8 @@ async def audit(request: Request, node_id: str, body: AuditBatch) -> Ok:
     """The node's egress audit events, into the control plane's writer."""
     p = platform(request)
     await _cluster(request).authenticate_node(node_id, api_key(request))
-    for e in body.events:
-        p.audit.submit(AuditEvent(**e.model_dump()))
+    for event in body.events:
+        p.audit.submit(event)
     return Ok()
 
 
