@@ -28,7 +28,7 @@ import uvicorn
 from sbx.config import Settings
 from sbx.node import rootfs
 from sbx.node.agent import NodeAgent
-from sbx.node.service import node_app
+from sbx.node.service import SandboxForwarder, node_app
 from sbx.shared.audit import AuditEvent
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,9 @@ class NodeDaemon:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.agent.setup()
         control_key = await self._register()
+        app = node_app(self.agent, control_key, self.locate)
         server = uvicorn.Server(uvicorn.Config(
-            node_app(self.agent, control_key, self.locate), host=self.opts.listen_host,
+            app, host=self.opts.listen_host,
             port=self.opts.listen_port, log_level="warning", access_log=False, lifespan="off"))
         serving = asyncio.create_task(server.serve(), name="node-api")
         # Ready (the first heartbeat) only once it listens (uvicorn's
@@ -117,6 +118,8 @@ class NodeDaemon:
                     await task
             with contextlib.suppress(Exception):
                 await self._flush()
+            if isinstance(app, SandboxForwarder):
+                await app.aclose()
             await self.agent.close()
             await self._client.aclose()
 

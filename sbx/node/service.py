@@ -175,6 +175,9 @@ class SandboxForwarder:
         self.locate = locate
         self._pools = Pools()
 
+    async def aclose(self) -> None:
+        await self._pools.aclose()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope.get("headers", [])) if scope["type"] == "http" else {}
         sandbox_id = headers.get(b"e2b-sandbox-id")

@@ -21,7 +21,7 @@ import uvicorn
 
 from sbx.config import Settings
 from sbx.node.agent import NodeAgent
-from sbx.node.service import node_app
+from sbx.node.service import SandboxForwarder, node_app
 from sbx.nodeapi.client import NodeError, RemoteNode
 from sbx.nodeapi.contract import Node, RuntimeState, SandboxPlan, StartFailed
 from sbx.shared.audit import AuditEvent
@@ -46,8 +46,8 @@ async def _served(agent: NodeAgent, key: str) -> AsyncIterator[str]:
         slot = agent.slots.of(sandbox_id)
         return agent.address(slot) if slot is not None else None
 
-    server = uvicorn.Server(uvicorn.Config(node_app(agent, key, locate), host="127.0.0.1",
-                                           port=port,
+    app = node_app(agent, key, locate)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve())
     try:
@@ -59,6 +59,8 @@ async def _served(agent: NodeAgent, key: str) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+        if isinstance(app, SandboxForwarder):
+            await app.aclose()
 
 
 @contextlib.asynccontextmanager
