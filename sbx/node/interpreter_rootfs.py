@@ -190,15 +190,7 @@ def install(root: Path) -> None:
     its service into the existing tree (files swapped in by rename)."""
     rootfs.install_envd(root)
     target = root / "opt/sbx"
-    staging = target / "interpreter.new"
-    if staging.exists():
-        shutil.rmtree(staging)
-    shutil.copytree(INTERPRETER_SRC, staging, ignore=shutil.ignore_patterns("__pycache__"))
-    compileall.compile_dir(str(staging), quiet=1, workers=1)
-    live = target / "interpreter"
-    if live.exists():
-        shutil.rmtree(live)
-    staging.rename(live)
+    rootfs.install_tree(INTERPRETER_SRC, target / "interpreter")
     _write(target / "interpreter-launch.py", LAUNCHER)
     site = next(iter(sorted(root.glob("usr/local/lib/python3*/dist-packages"))), None)
     if site is None:

@@ -162,27 +162,33 @@ def tune_profile(rootfs: Path) -> None:
         tmp.rename(path)
 
 
-def install_envd(rootfs: Path) -> None:
-    """Copy envd into the rootfs (each server start, so an upgrade of sbx
-    upgrades envd); new files are swapped in by rename."""
-    target = rootfs / "opt/sbx"
-    target.mkdir(parents=True, exist_ok=True)
-    staging = target / "envd.new"
+def install_tree(src: Path, live: Path) -> None:
+    """The Python package at src as live (a directory of the rootfs's
+    /opt/sbx), compiled and swapped in by rename: an existing tree is
+    replaced whole, never left half copied."""
+    live.parent.mkdir(parents=True, exist_ok=True)
+    staging = live.with_name(live.name + ".new")
     if staging.exists():
         shutil.rmtree(staging)
-    shutil.copytree(ENVD_SRC, staging, ignore=shutil.ignore_patterns("__pycache__"))
-    # Bytecode made once here: otherwise every sandbox compiles envd at boot
+    shutil.copytree(src, staging, ignore=shutil.ignore_patterns("__pycache__"))
+    # Bytecode made once here: otherwise every sandbox compiles it at boot
     # (slow under gVisor) into its own writable layer.
     compileall.compile_dir(str(staging), quiet=1, workers=1)
-    old = target / "envd.old"
+    old = live.with_name(live.name + ".old")
     if old.exists():
         shutil.rmtree(old)
-    live = target / "envd"
     if live.exists():
         live.rename(old)
     staging.rename(live)
     if old.exists():
         shutil.rmtree(old)
+
+
+def install_envd(rootfs: Path) -> None:
+    """Copy envd into the rootfs (each server start, so an upgrade of sbx
+    upgrades envd); new files are swapped in by rename."""
+    target = rootfs / "opt/sbx"
+    install_tree(ENVD_SRC, target / "envd")
     launcher = target / "envd-launch.py"
     tmp = target / "envd-launch.py.new"
     tmp.write_text(LAUNCHER)
