@@ -101,7 +101,7 @@ class Cluster:
         self._loads: dict[str, node_repo.Load] = {}
         # Placements this replica made lately (monotonic time, node, load).
         self._placed: list[tuple[float, str, node_repo.Load]] = []
-        # Placements decided by this replica and not yet in the store.
+        # One placement at a time in this replica: each sees the last one's.
         self._place_lock = asyncio.Lock()
 
     # -- membership ---------------------------------------------------------------

@@ -26,7 +26,6 @@ from sbx.egress.service import EgressService, SandboxNet
 from sbx.node import disk, envd_probe, snapshots
 from sbx.node.interpreter_rootfs import INTERPRETER_SRC
 from sbx.node.network import firewall, netns
-from sbx.node.network.ipam import Addressing, AddressPool
 from sbx.node.orphans import OrphanReaper
 from sbx.node.rootfs import ENVD_SRC
 from sbx.node.runtime.base import Launch
@@ -44,6 +43,7 @@ from sbx.nodeapi.contract import (
 )
 from sbx.shared import ids
 from sbx.shared.audit import AuditSink, discard
+from sbx.shared.ipam import Addressing, AddressPool
 from sbx.shared.policy import NetworkPolicy, PolicyMode
 from sbx.shared.security import SecurityPolicy
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from sbx.node.network.ipam import AddressPool
+from sbx.shared.ipam import AddressPool
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ StartFailed, so a create that meets it changes nothing)."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ from sbx.nodeapi.contract import (
     SpareClaim,
     StartFailed,
 )
+from sbx.shared.ipam import AddressPool
 from sbx.shared.policy import NetworkPolicy
 from sbx.shared.security import SecurityPolicy
 
@@ -46,7 +46,7 @@ class RemoteNode:
     def __init__(self, url: str, control_key: str, subnet: str,
                  client: httpx.AsyncClient | None = None) -> None:
         self.url = url.rstrip("/")
-        self._network = ipaddress.IPv4Network(subnet)
+        self._pool = AddressPool(subnet)
         self._client = client or httpx.AsyncClient(timeout=TIMEOUT)
         self._headers = {"Authorization": f"Bearer {control_key}"}
 
@@ -73,8 +73,7 @@ class RemoteNode:
         await self._call("release_slot", wire.Holder(holder=holder), wire.Done)
 
     def address(self, slot: int) -> str:
-        # The pool's arithmetic (node/network/ipam.py): slot N is [4N, 4N+3].
-        return str(self._network.network_address + 4 * slot + 2)
+        return self._pool.addressing(slot).sandbox_ip
 
     # -- sandboxes -----------------------------------------------------------------
     async def start(self, plan: SandboxPlan, on_up: OnUp | None = None) -> bool:

@@ -6,8 +6,8 @@ import contextlib
 import os
 from pathlib import Path
 
-from sbx.node.network.ipam import Addressing
 from sbx.node.proc import CommandError, run
+from sbx.shared.ipam import Addressing
 
 NETNS_DIR = Path("/var/run/netns")
 # The same two MACs on every veth pair (each pair is an L2 segment of its
