@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -42,11 +44,21 @@ def lock_key(name: str) -> int:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=10000")
     # WAL: readers never block the writer; a crash loses no committed write.
-    cur.execute("PRAGMA journal_mode=WAL")
+    # Switching a new database to WAL needs it unlocked, and SQLite does not
+    # wait on its busy timeout for that: another process (a second server
+    # start, an admin command) migrating it meanwhile is waited for here.
+    for attempt in range(200):
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 199:
+                raise
+            time.sleep(0.05)
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=10000")
     cur.close()
 
 
